@@ -1,0 +1,92 @@
+"""The `svg-diffusion` command: subcommands that parse, validate, call the library and report.
+
+Each subcommand is an ``add_<name>(subparsers)`` function that registers its arguments and a handler; the
+handler only translates arguments into one library call. Problems the user can fix (``SVGError``) become
+one line on stderr and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import SVGError
+
+
+def add_encode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="extract frozen-encoder patch features of a dataset to a file")
+    p.add_argument("--encoder", default="demo", help="encoder name (see `svg-diffusion encoders`) or a folder")
+    p.add_argument("--weights", default=None, help="Meta .pth, HF folder/.safetensors, or our folder")
+    p.add_argument("--layer", type=int, default=None, help="take the output of this block (1-based) instead of the last")
+    p.add_argument("--data", default="fashion_mnist", help="'fashion_mnist' or an image folder")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="encode only the first N images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", required=True, help="output .safetensors with 'features' [N,C,h,w] and 'labels'")
+    p.add_argument("--picture", default=None, help="also write a PCA-to-RGB PNG of the first images' features")
+
+    def run(args: argparse.Namespace) -> None:
+        from .features import encode_dataset
+
+        encode_dataset(
+            encoder=args.encoder, weights=args.weights, layer=args.layer, data=args.data, split=args.split,
+            image_size=args.image_size, limit=args.limit, batch_size=args.batch_size, out=args.out,
+            picture=args.picture,
+        )
+
+    p.set_defaults(handler=run)
+
+
+def add_encoders(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encoders", help="list the named encoder architectures")
+
+    def run(args: argparse.Namespace) -> None:
+        from .encoders import ENCODER_CONFIGS
+
+        for name, cfg in ENCODER_CONFIGS.items():
+            print(f"{name:28s} dim {cfg.embed_dim:5d}  depth {cfg.depth:3d}  patch {cfg.patch_size}")
+
+    p.set_defaults(handler=run)
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the README's main job on the embedded default")
+    p.add_argument("--out-dir", default="outputs/demo")
+
+    def run(args: argparse.Namespace) -> None:
+        from .demo import run_demo
+
+        print(run_demo(args.out_dir))
+
+    p.set_defaults(handler=run)
+
+
+COMMANDS = [add_demo, add_encode, add_encoders]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="svg-diffusion", description="SVG: latent diffusion on frozen self-supervised features, without a VAE."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except SVGError as err:
+        print(f"svg-diffusion {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"svg-diffusion {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""The one exception type for problems a user can fix (bad input, bad config, missing files).
+
+The CLI prints these as a single line and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+
+class SVGError(Exception):
+    """A user-facing error with a message that says what is wrong and, where possible, what to do."""
