@@ -25,15 +25,17 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", required=True, help="output .safetensors with 'features' [N,C,h,w] and 'labels'")
     p.add_argument("--picture", default=None, help="also write a PCA-to-RGB PNG of the first images' features")
+    p.add_argument("--flat", action="store_true", help="the image folder has no class subfolders (labels -1)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
 
     def run(args: argparse.Namespace) -> None:
         from .features import encode_dataset
 
-        encode_dataset(
+        print(encode_dataset(
             encoder=args.encoder, weights=args.weights, layer=args.layer, data=args.data, split=args.split,
             image_size=args.image_size, limit=args.limit, batch_size=args.batch_size, out=args.out,
-            picture=args.picture,
-        )
+            picture=args.picture, labelled=not args.flat, workers=args.workers,
+        ))
 
     p.set_defaults(handler=run)
 
