@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .errors import SVGError
 
 
 def add_encode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="extract frozen-encoder patch features of a dataset to a file")
-    p.add_argument("--encoder", default="demo", help="encoder name (see `svg-diffusion encoders`) or a folder")
+    p.add_argument("--encoder", default=None,
+                   help="encoder name (see `svg-diffusion encoders`) or folder; default: the shipped demo encoder")
     p.add_argument("--weights", default=None, help="Meta .pth, HF folder/.safetensors, or our folder")
     p.add_argument("--layer", type=int, default=None, help="take the output of this block (1-based) instead of the last")
     p.add_argument("--data", default="fashion_mnist", help="'fashion_mnist' or an image folder")
@@ -29,10 +31,11 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
 
     def run(args: argparse.Namespace) -> None:
+        from .demo import demo_encoder
         from .features import encode_dataset
 
         print(encode_dataset(
-            encoder=args.encoder, weights=args.weights, layer=args.layer, data=args.data, split=args.split,
+            encoder=args.encoder or demo_encoder(), weights=args.weights, layer=args.layer, data=args.data, split=args.split,
             image_size=args.image_size, limit=args.limit, batch_size=args.batch_size, out=args.out,
             picture=args.picture, labelled=not args.flat, workers=args.workers,
         ))
@@ -77,8 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"svg-diffusion: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         args.handler(args)
     except SVGError as err:
