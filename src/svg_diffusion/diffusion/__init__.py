@@ -1,0 +1,38 @@
+"""Latent diffusion: the transformer (DiT/SiT), the flow-matching objective and the samplers.
+
+Reading order: :mod:`.transformer` (the velocity model), :mod:`.flow` (path, time shift, loss),
+:mod:`.samplers` (ODE/SDE integrators over a time grid), :mod:`.guidance` (classifier-free guidance).
+"""
+
+from .flow import (
+    FlowInputs,
+    FlowMatchingConfig,
+    draw_flow_inputs,
+    flow_matching_loss,
+    interpolate,
+    sample_training_time,
+    shift_from_public,
+    shift_time,
+    shift_to_public,
+)
+from .guidance import GuidanceConfig, combine_guidance, guided_velocity
+from .samplers import (
+    SAMPLERS,
+    get_sampler,
+    sample_adams_bashforth,
+    sample_dpm_solver_2m,
+    sample_euler,
+    sample_euler_maruyama,
+    sample_heun,
+    time_grid,
+)
+from .transformer import DIT_SIZES, DiT, DiTConfig
+
+__all__ = [
+    "DIT_SIZES", "DiT", "DiTConfig",
+    "FlowInputs", "FlowMatchingConfig", "draw_flow_inputs", "flow_matching_loss", "interpolate",
+    "sample_training_time", "shift_from_public", "shift_time", "shift_to_public",
+    "GuidanceConfig", "combine_guidance", "guided_velocity",
+    "SAMPLERS", "get_sampler", "sample_adams_bashforth", "sample_dpm_solver_2m", "sample_euler",
+    "sample_euler_maruyama", "sample_heun", "time_grid",
+]

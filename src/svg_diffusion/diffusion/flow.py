@@ -1,0 +1,134 @@
+"""Flow matching (rectified flow): the path, the time shift, training-time sampling and the loss.
+
+Convention (the public SVG/SiT code's): t = 0 is pure noise, t = 1 is data,
+
+    z_t = (1 - t) * eps + t * x,        target velocity v = dz_t/dt = x - eps,
+
+and the model is trained with plain MSE on v.
+
+Time shift. We express it in the SD3/diffusers convention, on the noise level sigma = 1 - t:
+
+    sigma' = k * sigma / (1 + (k - 1) * sigma),      k > 1 spends more of the steps/samples near noise.
+
+The public SVG code writes the same map on t as t' = s * t / (1 + (s - 1) * t); the two agree exactly when
+k = 1 / s. So the paper's training shift s = 0.4 is k = 2.5 here, and its sampling shift s = 0.15 is
+k = 1 / 0.15 ~ 6.67. :func:`shift_from_public` / :func:`shift_to_public` convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+
+def shift_from_public(s: float) -> float:
+    """The public code's shift ``s`` (applied to t, s < 1 favours noise) as our SD3-style ``k`` = 1 / s."""
+    if s <= 0:
+        raise ValueError(f"the public shift must be positive, got {s}")
+    return 1.0 / s
+
+
+def shift_to_public(k: float) -> float:
+    """Our SD3-style shift ``k`` as the public code's ``s`` = 1 / k."""
+    if k <= 0:
+        raise ValueError(f"the shift must be positive, got {k}")
+    return 1.0 / k
+
+
+def shift_time(t: torch.Tensor, k: float) -> torch.Tensor:
+    """Apply the SD3 shift sigma' = k*sigma / (1 + (k-1)*sigma) with sigma = 1 - t, and return t' = 1 - sigma'.
+
+    Written directly on t as t' = t / (k - (k - 1) * t), which keeps t = 0 and t = 1 exact. k = 1 is the
+    identity; k = 2.5 is the paper's training shift, k = 1/0.15 its sampling shift.
+    """
+    if k <= 0:
+        raise ValueError(f"the shift must be positive, got {k}")
+    return t / (k - (k - 1) * t)
+
+
+@dataclass
+class FlowMatchingConfig:
+    """How training draws times and labels. Defaults follow the paper (uniform t, shift k = 2.5, 10% drop)."""
+
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    # Logit-normal is over the noise level sigma = 1 - t as in SD3: sigma = sigmoid(mean + std * n).
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+    shift: float = 2.5  # SD3-style k; the public code's s = 0.4
+    class_dropout_prob: float = 0.1  # labels replaced by the null class for classifier-free guidance
+
+    def __post_init__(self) -> None:
+        if self.shift <= 0:
+            raise ValueError(f"shift must be positive, got {self.shift}")
+        if self.logit_normal_std <= 0:
+            raise ValueError(f"logit_normal_std must be positive, got {self.logit_normal_std}")
+        if not 0.0 <= self.class_dropout_prob <= 1.0:
+            raise ValueError(f"class_dropout_prob must be in [0, 1], got {self.class_dropout_prob}")
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None = None,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (so a seed means the same numbers), then moved."""
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
+def sample_training_time(batch_size: int, config: FlowMatchingConfig, generator: torch.Generator | None,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """Training times t [B] in [0, 1] (float32): uniform or logit-normal in sigma, then shifted."""
+    draw_device = generator.device if generator is not None else device
+    if config.time_sampling == "uniform":
+        t = torch.rand(batch_size, generator=generator, device=draw_device, dtype=torch.float64)
+    else:
+        n = torch.randn(batch_size, generator=generator, device=draw_device, dtype=torch.float64)
+        t = 1 - torch.sigmoid(config.logit_normal_mean + config.logit_normal_std * n)
+    return shift_time(t, config.shift).float().to(device)
+
+
+@dataclass
+class FlowInputs:
+    """The randomness of one training batch: noise, times and which labels are dropped."""
+
+    noise: torch.Tensor  # [B, C, H, W]
+    t: torch.Tensor  # [B] float32 in [0, 1]
+    drop: torch.Tensor  # [B] bool; True = use the null class
+
+    def rows(self, start: int, stop: int) -> FlowInputs:
+        """Rows [start, stop): a rank's slice of inputs drawn for the global batch."""
+        return FlowInputs(self.noise[start:stop], self.t[start:stop], self.drop[start:stop])
+
+
+def draw_flow_inputs(shape: tuple[int, ...], config: FlowMatchingConfig, generator: torch.Generator | None,
+                     device: torch.device | str | None = None) -> FlowInputs:
+    """Draw noise, times and label drops for a batch of latents of ``shape``, in this fixed order.
+
+    Trainers draw them for the GLOBAL batch from the step's generator and take their rank's :meth:`rows`,
+    so one process and N processes compute the same step.
+    """
+    noise = randn(tuple(shape), generator, device)
+    t = sample_training_time(shape[0], config, generator, device)
+    draw_device = generator.device if generator is not None else device
+    drop = torch.rand(shape[0], generator=generator, device=draw_device) < config.class_dropout_prob
+    return FlowInputs(noise, t, drop.to(device))
+
+
+def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The linear path z_t = (1 - t) * noise + t * x, with t [B] broadcast over the other dimensions."""
+    t = t.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    return (1 - t) * noise + t * x
+
+
+def flow_matching_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                       drop: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error between model(z_t, t, y) and the target velocity x - noise (a scalar, float32).
+
+    ``noise`` and ``t`` are given (see :func:`draw_flow_inputs`), so the caller controls all randomness;
+    ``drop`` marks labels to replace by the null class. The mean is over every element, which equals the
+    public code's mean over samples of per-sample means.
+    """
+    z_t = interpolate(x, noise, t)
+    velocity = model(z_t, t, y, drop=drop)
+    return (velocity.float() - (x - noise).float()).square().mean()
