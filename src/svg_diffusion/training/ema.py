@@ -1,0 +1,62 @@
+"""Exponential moving average of a module's weights, kept in fp32 beside the trained module.
+
+After each optimizer step, ``shadow = decay * shadow + (1 - decay) * weights`` for every floating-point entry
+of the module's state_dict (parameters and buffers alike; frozen entries stay exactly constant); integer
+buffers are copied. The shadow is fp32 whatever the module's dtype, so small updates (1 - decay = 1e-4)
+are not rounded away in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import SVGError
+from .distributed import unwrap
+
+
+class EMA:
+    """``EMA(module, decay)``: ``update(module)`` after each optimizer step, ``copy_to(module)`` to use the average.
+
+    ``shadow`` is a state_dict of the module (fp32 for floating entries), so ``module.load_state_dict(ema.shadow)``
+    also works. ``state_dict()`` / ``load_state_dict()`` make it part of a checkpoint.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {
+            name: value.detach().clone().float() if value.is_floating_point() else value.detach().clone()
+            for name, value in unwrap(module).state_dict().items()
+        }
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """Move the average toward ``module``'s current weights (a DDP wrapper is looked through)."""
+        for name, value in unwrap(module).state_dict().items():
+            average = self.shadow[name]
+            if average.is_floating_point():
+                average.lerp_(value.float(), 1.0 - self.decay)
+            else:
+                average.copy_(value)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        """Write the averaged weights into ``module`` (cast to its dtypes)."""
+        unwrap(module).load_state_dict(self.shadow)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            missing = sorted(set(self.shadow) - set(state["shadow"]))
+            unexpected = sorted(set(state["shadow"]) - set(self.shadow))
+            raise SVGError(f"EMA state does not match the module: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        self.decay = float(state["decay"])
+        self.num_updates = int(state["num_updates"])
+        for name, value in state["shadow"].items():
+            self.shadow[name].copy_(value)
