@@ -1,0 +1,171 @@
+"""The LDM / VA-VAE convolutional decoder: a latent map [B, z, r, r] to an image [B, 3, R, R].
+
+Architecture (the public latent-diffusion ``Decoder`` with dropout 0 and no timestep input):
+
+    conv_in -> mid (ResnetBlock, AttnBlock, ResnetBlock)
+            -> for each level, lowest resolution first: (num_res_blocks + 1) ResnetBlocks (each followed by an
+               AttnBlock when the level's resolution is in ``attn_resolutions``), then nearest x2 + conv
+               (except at the highest-resolution level)
+            -> GroupNorm(32, eps 1e-6) -> SiLU -> conv_out
+
+Module names follow the public ``decoder.*`` checkpoint keys (``up`` is indexed from the highest-resolution
+level 0 although it runs from the last level down), so a converted state dict loads without renaming.
+The output is not squashed (no tanh, no clamp): training losses see the raw values, and conversion to
+pictures clamps to [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DecoderConfig:
+    """Shape of the decoder. Defaults are the paper's (256² images from 392x16x16 latents, ~43M parameters)."""
+
+    z_channels: int = 392
+    resolution: int = 256  # output image size; the latent is resolution / 2**(len(ch_mult) - 1)
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    out_ch: int = 3
+
+    def __post_init__(self):
+        if not self.ch_mult:
+            raise ValueError("ch_mult must have at least one level")
+        if self.z_channels <= 0 or self.ch <= 0 or self.num_res_blocks < 0 or self.out_ch <= 0:
+            raise ValueError("z_channels, ch and out_ch must be positive and num_res_blocks >= 0")
+        if any(self.ch * m % 32 for m in self.ch_mult):
+            raise ValueError(f"every ch * ch_mult must be a multiple of 32 (GroupNorm groups), got ch {self.ch}")
+        if self.resolution % self.upsampling_factor:
+            raise ValueError(f"resolution {self.resolution} is not divisible by the upsampling factor "
+                             f"{self.upsampling_factor} of {len(self.ch_mult)} levels")
+
+    @property
+    def upsampling_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.upsampling_factor
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """Pre-activation residual block: (GroupNorm, SiLU, conv3x3) twice; 1x1 ``nin_shortcut`` when widths differ."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.nin_shortcut = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions, with 1x1-conv projections and a residual connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, kernel_size=1)
+        self.k = nn.Conv2d(channels, channels, kernel_size=1)
+        self.v = nn.Conv2d(channels, channels, kernel_size=1)
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        h = self.norm(x)
+        # [B, C, H, W] -> [B, 1 head, H*W tokens, C]; the default scale C**-0.5 is the public one.
+        q, k, v = (proj(h).reshape(b, 1, c, height * width).transpose(2, 3) for proj in (self.q, self.k, self.v))
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.transpose(2, 3).reshape(b, c, height, width)
+        return x + self.proj_out(h)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UpLevel(nn.Module):
+    """One resolution level: ``block`` (ResnetBlocks), ``attn`` (empty or one per block), optional ``upsample``."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, use_attn: bool, upsample: bool):
+        super().__init__()
+        self.block = nn.ModuleList(
+            ResnetBlock(in_channels if j == 0 else out_channels, out_channels) for j in range(num_blocks)
+        )
+        self.attn = nn.ModuleList(AttnBlock(out_channels) for _ in range(num_blocks if use_attn else 0))
+        if upsample:
+            self.upsample = Upsample(out_channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for j, block in enumerate(self.block):
+            h = block(h)
+            if self.attn:
+                h = self.attn[j](h)
+        return self.upsample(h) if hasattr(self, "upsample") else h
+
+
+class Decoder(nn.Module):
+    """The convolutional decoder of SPEC §1: latent [B, z_channels, r, r] -> image [B, out_ch, r*f, r*f]."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        levels = len(config.ch_mult)
+        width = config.ch * config.ch_mult[-1]
+        self.conv_in = nn.Conv2d(config.z_channels, width, kernel_size=3, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(width, width)
+        self.mid.attn_1 = AttnBlock(width)
+        self.mid.block_2 = ResnetBlock(width, width)
+
+        # Built from the lowest resolution up; stored so that index 0 is the highest resolution (public keys).
+        up_levels = []
+        resolution = config.latent_size
+        for level in reversed(range(levels)):
+            out_width = config.ch * config.ch_mult[level]
+            up_levels.append(UpLevel(width, out_width, config.num_res_blocks + 1,
+                                     use_attn=resolution in config.attn_resolutions, upsample=level != 0))
+            width = out_width
+            resolution *= 2
+        self.up = nn.ModuleList(reversed(up_levels))
+
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv2d(width, config.out_ch, kernel_size=3, padding=1)
+
+    @property
+    def last_layer(self) -> nn.Parameter:
+        """The weight the adaptive GAN weight differentiates against (``conv_out.weight``)."""
+        return self.conv_out.weight
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        for level in reversed(self.up):
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,198 @@
+"""SVGAutoencoder: frozen encoder features + an aligned residual map as the latent, a conv decoder back to pixels.
+
+    images [-1, 1] ──► frozen encoder ─────────────────────────────► features [B, C_enc, h, w] ─┐
+                   └─► residual encoder ─► (mask token) ─► alignment ─► residual [B, C_res, h, w] ─┴► latent
+    latent [B, C_enc + C_res, h, w] ──► decoder ──► images (unclamped; clamp to [-1, 1] for pictures)
+
+Only the residual encoder (with its mask token) and the decoder are trained. With ``residual.channels: 0``
+the latent is the frozen features alone (the paper's encoder-only ablation).
+
+Saved as a folder: ``config.json`` + ``model.safetensors`` (residual encoder, decoder, alignment statistics)
++ ``encoder/`` (the frozen encoder in the encoders' own folder format), so it loads with nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..config import from_dict, to_dict
+from ..encoders import FrozenEncoder, load_encoder, load_state_dict_strict, save_encoder
+from ..encoders.formats import read_json, read_state_file
+from ..errors import SVGError
+from ..utils.files import atomic_path
+from .alignment import AlignmentMode, DistributionAlignment
+from .decoder import Decoder, DecoderConfig
+from .residual import ResidualEncoder, ResidualEncoderConfig
+
+FORMAT = "svg-diffusion-autoencoder"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ENCODER_FOLDER = "encoder"
+
+
+@dataclass
+class AutoencoderConfig:
+    """Everything that defines an SVG autoencoder. Defaults are the paper's ImageNet-256 model."""
+
+    encoder: str = "dinov3_vits16plus"  # name or folder for load_encoder (used by from_config only)
+    encoder_weights: str | None = None
+    encoder_layer: int | None = None  # 1-based block whose output is used; None: the last
+    image_size: int = 256
+    residual: ResidualEncoderConfig = field(default_factory=ResidualEncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    alignment: AlignmentMode = "running"
+    alignment_momentum: float | None = 0.01  # weight of each batch in the running statistics; None: cumulative
+    mask_prob: float = 0.1  # probability that a training sample's residual map is replaced by the mask token
+
+    def __post_init__(self):
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if not 0.0 <= self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in [0, 1), got {self.mask_prob}")
+        if self.alignment_momentum is not None and not 0.0 < self.alignment_momentum <= 1.0:
+            raise ValueError(f"alignment_momentum must be in (0, 1] or null, got {self.alignment_momentum}")
+
+
+class AutoencoderOutput(NamedTuple):
+    recon: torch.Tensor  # [B, 3, H, W], unclamped
+    latent: torch.Tensor  # [B, C_enc + C_res, h, w]
+
+
+class SVGAutoencoder(nn.Module):
+    """The SVG autoencoder around a given frozen encoder (see the module docstring)."""
+
+    def __init__(self, config: AutoencoderConfig, encoder: FrozenEncoder):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self._check_shapes(config, encoder)
+        if config.residual.channels > 0:
+            self.residual = ResidualEncoder(config.residual, encoder.patch_size, config.image_size)
+            self.alignment = DistributionAlignment(config.alignment, config.alignment_momentum)
+        else:
+            self.residual = self.alignment = None
+        self.decoder = Decoder(config.decoder)
+
+    @staticmethod
+    def _check_shapes(config: AutoencoderConfig, encoder: FrozenEncoder) -> None:
+        latent_channels = encoder.embed_dim + config.residual.channels
+        grid, remainder = divmod(config.image_size, encoder.patch_size)
+        dec = config.decoder
+        problems = []
+        if remainder:
+            problems.append(f"image_size {config.image_size} is not a multiple of the patch size {encoder.patch_size}")
+        if dec.z_channels != latent_channels:
+            problems.append(f"decoder.z_channels is {dec.z_channels} but the latent has {encoder.embed_dim} "
+                            f"encoder + {config.residual.channels} residual = {latent_channels} channels")
+        if dec.resolution != config.image_size or dec.latent_size != grid:
+            problems.append(f"the decoder maps {dec.latent_size}² latents to {dec.resolution}² images, but "
+                            f"{config.image_size}² images give {grid}² latents")
+        if encoder.layer != config.encoder_layer:
+            problems.append(f"the encoder reads layer {encoder.layer}, the config says {config.encoder_layer}")
+        if problems:
+            raise SVGError("autoencoder config does not fit its encoder: " + "; ".join(problems))
+
+    @classmethod
+    def from_config(cls, config: AutoencoderConfig) -> SVGAutoencoder:
+        """A new autoencoder whose frozen encoder is loaded from ``config.encoder`` / ``encoder_weights``."""
+        return cls(config, load_encoder(config.encoder, config.encoder_weights, config.encoder_layer))
+
+    # ------------------------------------------------------------------------------------------ shapes
+
+    @property
+    def latent_channels(self) -> int:
+        return self.encoder.embed_dim + self.config.residual.channels
+
+    @property
+    def latent_size(self) -> int:
+        return self.config.image_size // self.encoder.patch_size
+
+    # ----------------------------------------------------------------------------------- encode/decode
+
+    def draw_residual_mask(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Which samples get the mask token this step: bool [batch_size], drawn from ``generator``.
+
+        Trainers draw it for the global batch from the step's generator and slice their rank's part, so
+        the decision does not depend on how the batch is split over processes.
+        """
+        return torch.rand(batch_size, generator=generator, device=generator.device) < self.config.mask_prob
+
+    def encode(self, images: torch.Tensor, residual_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent [B, C_enc + C_res, h, w] (encoder features first) of images [B, 3, H, W] in [-1, 1].
+
+        ``residual_mask`` (bool [B], training only) replaces those samples' residual maps by the mask token.
+        """
+        features = self.encoder(images)
+        if self.residual is None:
+            return features
+        residual = self.alignment(features, self.residual(images, residual_mask))
+        return torch.cat([features, residual.to(features.dtype)], dim=1)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] from latents, not clamped (the losses see raw values; pictures clamp)."""
+        if latent.ndim != 4 or latent.shape[1] != self.latent_channels:
+            raise SVGError(f"expected latents [B, {self.latent_channels}, h, w], got shape {tuple(latent.shape)}")
+        return self.decoder(latent)
+
+    def forward(self, images: torch.Tensor, residual_mask: torch.Tensor | None = None) -> AutoencoderOutput:
+        latent = self.encode(images, residual_mask)
+        return AutoencoderOutput(self.decode(latent), latent)
+
+    @torch.no_grad()
+    def estimate_alignment_statistics(self, batches: Iterable[torch.Tensor]) -> None:
+        """Set the running alignment statistics to the average over ``batches`` of images in [-1, 1].
+
+        For a model converted without statistics, or to replace the training-time running average by one
+        over a fixed set of images. Under torch.distributed every rank must pass the same number of batches.
+        """
+        if self.alignment is None:
+            return
+        self.alignment.reset_statistics()
+        momentum, self.alignment.momentum = self.alignment.momentum, None  # None: a cumulative average
+        try:
+            for images in batches:
+                self.alignment.update(self.encoder(images), self.residual(images))
+        finally:
+            self.alignment.momentum = momentum
+
+    # ---------------------------------------------------------------------------------------- save/load
+
+    def _trained_modules(self) -> nn.ModuleDict:
+        """What model.safetensors holds: every module but the frozen encoder, under the same key names."""
+        modules = {"residual": self.residual, "alignment": self.alignment, "decoder": self.decoder}
+        return nn.ModuleDict({name: module for name, module in modules.items() if module is not None})
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``folder/config.json``, ``folder/model.safetensors`` and ``folder/encoder/`` (atomically each)."""
+        folder = Path(folder)
+        save_encoder(self.encoder, folder / ENCODER_FOLDER)
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self._trained_modules().state_dict().items()}
+        with atomic_path(folder / WEIGHTS_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        with atomic_path(folder / CONFIG_FILE) as tmp:
+            tmp.write_text(json.dumps({"format": FORMAT, "config": to_dict(self.config)}, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> SVGAutoencoder:
+        """Load a folder written by :meth:`save_pretrained` (on the CPU, in eval mode)."""
+        folder = Path(folder)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise SVGError(f"{folder} is not an autoencoder folder: {CONFIG_FILE} is missing")
+        meta = read_json(config_path)
+        if meta.get("format") != FORMAT:
+            raise SVGError(f"{config_path}: not an svg-diffusion autoencoder (format {meta.get('format')!r})")
+        config = from_dict(AutoencoderConfig, meta.get("config"), where=str(config_path))
+        model = cls(config, load_encoder(folder / ENCODER_FOLDER, layer=config.encoder_layer))
+        # The strict loader names every missing, unexpected or misshapen key.
+        load_state_dict_strict(model._trained_modules(), read_state_file(folder / WEIGHTS_FILE), str(folder))
+        return model.eval()
