@@ -13,28 +13,24 @@ Saved as a folder: ``config.json`` + ``model.safetensors`` (residual encoder, de
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from ..config import from_dict, to_dict
-from ..encoders import FrozenEncoder, load_encoder, load_state_dict_strict, save_encoder
-from ..encoders.formats import read_json, read_state_file
+from ..encoders import FrozenEncoder, load_encoder, save_encoder
 from ..errors import SVGError
-from ..utils.files import atomic_path
+from ..utils.pretrained import (
+    load_state_dict_strict, read_pretrained_config, read_pretrained_state, write_pretrained,
+)
 from .alignment import AlignmentMode, DistributionAlignment
 from .decoder import Decoder, DecoderConfig
 from .residual import ResidualEncoder, ResidualEncoderConfig
 
 FORMAT = "svg-diffusion-autoencoder"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 ENCODER_FOLDER = "encoder"
 
 
@@ -174,25 +170,13 @@ class SVGAutoencoder(nn.Module):
         """Write ``folder/config.json``, ``folder/model.safetensors`` and ``folder/encoder/`` (atomically each)."""
         folder = Path(folder)
         save_encoder(self.encoder, folder / ENCODER_FOLDER)
-        tensors = {name: t.detach().cpu().contiguous() for name, t in self._trained_modules().state_dict().items()}
-        with atomic_path(folder / WEIGHTS_FILE) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        with atomic_path(folder / CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps({"format": FORMAT, "config": to_dict(self.config)}, indent=2) + "\n")
-        return folder
+        return write_pretrained(folder, FORMAT, self.config, self._trained_modules().state_dict())
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> SVGAutoencoder:
         """Load a folder written by :meth:`save_pretrained` (on the CPU, in eval mode)."""
-        folder = Path(folder)
-        config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
-            raise SVGError(f"{folder} is not an autoencoder folder: {CONFIG_FILE} is missing")
-        meta = read_json(config_path)
-        if meta.get("format") != FORMAT:
-            raise SVGError(f"{config_path}: not an svg-diffusion autoencoder (format {meta.get('format')!r})")
-        config = from_dict(AutoencoderConfig, meta.get("config"), where=str(config_path))
-        model = cls(config, load_encoder(folder / ENCODER_FOLDER, layer=config.encoder_layer))
+        config, _ = read_pretrained_config(folder, FORMAT, AutoencoderConfig)
+        model = cls(config, load_encoder(Path(folder) / ENCODER_FOLDER, layer=config.encoder_layer))
         # The strict loader names every missing, unexpected or misshapen key.
-        load_state_dict_strict(model._trained_modules(), read_state_file(folder / WEIGHTS_FILE), str(folder))
+        load_state_dict_strict(model._trained_modules(), read_pretrained_state(folder), str(folder), "the autoencoder")
         return model.eval()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -25,6 +26,11 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..errors import SVGError
+from ..utils.pretrained import (
+    load_state_dict_strict, read_pretrained_config, read_pretrained_state, write_pretrained,
+)
+
+FORMAT = "svg-diffusion-dit"
 
 # Named sizes (depth, width, heads) of the DiT/SiT family; XL is the paper's model (~676M parameters).
 DIT_SIZES: dict[str, dict[str, int]] = {
@@ -372,3 +378,15 @@ class DiT(nn.Module):
             tokens = block(tokens, c, rope)
         out = self.unpatchify(self.final_layer(tokens, c))
         return out[:, : cfg.in_channels]  # with learn_sigma the second half is an unused variance head
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``folder/config.json`` + ``folder/model.safetensors`` (atomically each)."""
+        return write_pretrained(folder, FORMAT, self.config, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> DiT:
+        """Load a folder written by :meth:`save_pretrained` (on the CPU, in eval mode)."""
+        config, _ = read_pretrained_config(folder, FORMAT, DiTConfig)
+        model = cls(config)
+        load_state_dict_strict(model, read_pretrained_state(folder), str(folder), "the transformer")
+        return model.eval()

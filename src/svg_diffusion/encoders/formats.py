@@ -12,58 +12,26 @@ Every reader returns a state dict in our key names (which are Meta's), so one st
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..config import from_dict, to_dict
+from ..config import from_dict
 from ..errors import SVGError
-from ..utils.files import atomic_path
+from ..utils.pretrained import (
+    CONFIG_FILE, WEIGHTS_FILE, check_state_dict, read_json, read_state_file, write_pretrained,
+)
 from .configs import ViTConfig, swiglu_hidden_dim
 from .vit import VisionTransformer, rope_periods
 
 FORMAT = "svg-diffusion-vit"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 HF_PREPROCESSOR_FILE = "preprocessor_config.json"
 HF_MODEL_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers")
 
 
 # ----------------------------------------------------------------------------------------- reading files
-
-
-def read_state_file(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file or of a ``.pth``/``.pt`` state dict (loaded with weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SVGError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as err:
-            raise SVGError(f"{path}: not a readable safetensors file ({err})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or unsafe pickle
-        raise SVGError(f"{path}: not a readable PyTorch weights file ({str(err).splitlines()[0]})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise SVGError(f"{path}: expected a flat state dict of tensors (Meta's backbone .pth)")
-    return state
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SVGError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(data, dict):
-        raise SVGError(f"{path}: expected a JSON object")
-    return data
 
 
 def read_folder(folder: str | Path) -> tuple[ViTConfig, dict[str, Tensor]]:
@@ -104,14 +72,7 @@ def read_weights(weights: str | Path, cfg: ViTConfig) -> tuple[ViTConfig, dict[s
 
 def write_folder(model: VisionTransformer, folder: str | Path) -> Path:
     """Save ``model`` as our folder format (config.json + model.safetensors), each file written atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    with atomic_path(folder / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps({"format": FORMAT, "config": to_dict(model.config)}, indent=2) + "\n")
-    return folder
+    return write_pretrained(folder, FORMAT, model.config, model.state_dict())
 
 
 # ------------------------------------------------------------------------------------ Hugging Face layout
@@ -288,27 +249,9 @@ def load_state_dict_strict(model: VisionTransformer, state: dict[str, Tensor], s
     Otherwise raise SVGError naming the keys (and shapes). RoPE ``periods`` stored in a file must equal the
     ones our config implies: a difference means the file was trained with another RoPE parametrization.
     """
+    check_state_dict(model, state, source, "the encoder")
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    problems = [
-        f"{label}: {_some(names)}"
-        for label, names in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
-        if names
-    ]
-    if problems:
-        raise SVGError(f"{source} does not fit the encoder: " + "; ".join(problems))
     for key in expected:
         if key.endswith("rope_embed.periods") and not torch.allclose(state[key].float(), expected[key], rtol=1e-4):
             raise SVGError(f"{source}: {key} differs from the periods of rope_base={model.config.rope_base}")
     model.load_state_dict(state)
-
-
-def _some(names: list[str], shown: int = 5) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more

@@ -17,7 +17,7 @@ The engine owns everything that is the same for every trainer; the context is ho
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 

@@ -1,0 +1,122 @@
+"""The ``save_pretrained`` / ``from_pretrained`` folder format shared by our models (diffusers-style).
+
+A model folder holds ``config.json`` = ``{"format": <name>, "config": <dataclass as a dict>, ...extra}`` and
+``model.safetensors`` (its state dict). Both are written atomically, so a crash never leaves a half-written
+model; reading checks the format name first, so handing one kind of folder to another loader fails by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import from_dict, to_dict
+from ..errors import SVGError
+from .files import atomic_path
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+T = TypeVar("T")
+
+
+def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or of a ``.pth``/``.pt`` flat state dict (loaded with weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SVGError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise SVGError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt or unsafe pickle
+        raise SVGError(f"{path}: not a readable PyTorch weights file ({str(err).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SVGError(f"{path}: expected a flat state dict of tensors")
+    return state
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SVGError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise SVGError(f"{path}: expected a JSON object")
+    return data
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def write_pretrained(folder: str | Path, format_name: str, config: Any, state: dict[str, torch.Tensor],
+                     **extra: Any) -> Path:
+    """Write ``folder/model.safetensors`` (``state``, on the CPU) and ``folder/config.json``; return ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": format_name})
+    write_json(folder / CONFIG_FILE, {"format": format_name, "config": to_dict(config), **extra})
+    return folder
+
+
+def read_pretrained_config(folder: str | Path, format_name: str, config_cls: type[T]) -> tuple[T, dict]:
+    """The typed config of a folder written by :func:`write_pretrained`, and the whole ``config.json``."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise SVGError(f"{folder} is not a saved {format_name} folder: {CONFIG_FILE} is missing")
+    meta = read_json(path)
+    if meta.get("format") != format_name:
+        raise SVGError(f"{path}: expected format {format_name!r}, found {meta.get('format')!r}")
+    return from_dict(config_cls, meta.get("config"), where=str(path)), meta
+
+
+def read_pretrained_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a folder written by :func:`write_pretrained`."""
+    return read_state_file(Path(folder) / WEIGHTS_FILE)
+
+
+def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str = "the model") -> None:
+    """Raise SVGError unless ``state`` has exactly ``module``'s keys with the same shapes, naming the misfits."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{label}: {_some(names)}"
+        for label, names in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
+        if names
+    ]
+    if problems:
+        raise SVGError(f"{source} does not fit {what}: " + "; ".join(problems))
+
+
+def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                           what: str = "the model") -> None:
+    """:func:`check_state_dict`, then load ``state`` into ``module``."""
+    check_state_dict(module, state, source, what)
+    module.load_state_dict(state)
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
