@@ -1,0 +1,215 @@
+"""SVGPipeline: everything needed to turn class labels into images, saved and loaded as one folder.
+
+    pipe = SVGPipeline.from_pretrained("runs/demo/pipeline")
+    images = pipe(["Sneaker", "Bag"], num_steps=25, guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+
+Sampling: noise [B, C, h, w] -> the sampler integrates the transformer's (guided) velocity on the shifted
+time grid -> normalized latent -> ``latent_stats.denormalize`` -> ``autoencoder.decode`` -> images.
+
+Folder layout (diffusers-style, every file written atomically):
+
+    model_index.json          {"format": "svg-diffusion-pipeline", "class_names": [...], "sampling": {...}}
+    autoencoder/              SVGAutoencoder.save_pretrained (with its frozen encoder in autoencoder/encoder/)
+    transformer/              DiT.save_pretrained
+    latent_stats.safetensors  LatentStatistics.save (per-channel mean/std of the training latents)
+
+A pipeline without ``transformer/`` and ``latent_stats.safetensors`` is valid: an autoencoder-only pipeline
+(e.g. a converted public autoencoder) that encodes and decodes but cannot sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .autoencoder import SVGAutoencoder
+from .config import from_dict, to_dict
+from .diffusion import DiT, GuidanceConfig, get_sampler, guided_velocity, time_grid
+from .diffusion.latents import LatentStatistics
+from .errors import SVGError
+from .utils.images import to_pil, to_uint8
+from .utils.pretrained import read_json, write_json
+
+FORMAT = "svg-diffusion-pipeline"
+INDEX_FILE = "model_index.json"
+AUTOENCODER_FOLDER = "autoencoder"
+TRANSFORMER_FOLDER = "transformer"
+STATS_FILE = "latent_stats.safetensors"
+
+OutputType = Literal["pil", "np", "pt", "latent"]
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class SamplingDefaults:
+    """The sampler settings a pipeline uses when a call does not name them (the paper's, by default)."""
+
+    num_steps: int = 25
+    sampler: str = "euler"
+    shift: float = 1 / 0.15  # SD3 convention; the public code's sampling s = 0.15 (see diffusion/flow.py)
+    guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(scale=1.5))
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be positive, got {self.shift}")
+        get_sampler(self.sampler)  # an unknown name fails here, not at the first call
+
+
+class SVGPipeline:
+    """Autoencoder + transformer + latent statistics + class names + default sampler settings."""
+
+    def __init__(self, autoencoder: SVGAutoencoder, transformer: DiT | None = None,
+                 latent_stats: LatentStatistics | None = None, class_names: Sequence[str] | None = None,
+                 sampling: SamplingDefaults | None = None):
+        if (transformer is None) != (latent_stats is None):
+            raise SVGError("a pipeline needs both a transformer and its latent statistics, or neither")
+        if transformer is not None:
+            latent = (autoencoder.latent_channels, autoencoder.latent_size)
+            if (transformer.config.in_channels, transformer.config.input_size) != latent:
+                raise SVGError(f"the transformer models {transformer.config.in_channels}x{transformer.config.input_size}² "
+                               f"latents, the autoencoder makes {latent[0]}x{latent[1]}²")
+            if latent_stats.channels != autoencoder.latent_channels:
+                raise SVGError(f"latent statistics have {latent_stats.channels} channels, "
+                               f"the latent has {autoencoder.latent_channels}")
+            if class_names is not None and len(class_names) != transformer.config.num_classes:
+                raise SVGError(f"{len(class_names)} class names for a transformer with "
+                               f"{transformer.config.num_classes} classes")
+        self.autoencoder = autoencoder.eval()
+        self.transformer = transformer.eval() if transformer is not None else None
+        self.latent_stats = latent_stats
+        self.class_names = list(class_names) if class_names is not None else None
+        self.sampling = sampling or SamplingDefaults()
+
+    # ---------------------------------------------------------------------------------------------- device
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.autoencoder.decoder.parameters()).device
+
+    def to(self, device: torch.device | str) -> SVGPipeline:
+        self.autoencoder.to(device)
+        if self.transformer is not None:
+            self.transformer.to(device)
+        return self
+
+    # ------------------------------------------------------------------------------------------ save/load
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        self.autoencoder.save_pretrained(folder / AUTOENCODER_FOLDER)
+        if self.transformer is not None:
+            self.transformer.save_pretrained(folder / TRANSFORMER_FOLDER)
+            self.latent_stats.save(folder / STATS_FILE)
+        # The index goes last: a folder with an index is complete.
+        write_json(folder / INDEX_FILE, {"format": FORMAT, "class_names": self.class_names,
+                                         "sampling": to_dict(self.sampling)})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> SVGPipeline:
+        folder = Path(folder)
+        index_path = folder / INDEX_FILE
+        if not index_path.is_file():
+            raise SVGError(f"{folder} is not an SVG pipeline folder: {INDEX_FILE} is missing")
+        index = read_json(index_path)
+        if index.get("format") != FORMAT:
+            raise SVGError(f"{index_path}: expected format {FORMAT!r}, found {index.get('format')!r}")
+        sampling = from_dict(SamplingDefaults, index.get("sampling", {}), where=f"{index_path}: sampling")
+        autoencoder = SVGAutoencoder.from_pretrained(folder / AUTOENCODER_FOLDER)
+        transformer = stats = None
+        if (folder / TRANSFORMER_FOLDER).is_dir():
+            transformer = DiT.from_pretrained(folder / TRANSFORMER_FOLDER)
+            stats = LatentStatistics.load(folder / STATS_FILE)
+        return cls(autoencoder, transformer, stats, index.get("class_names"), sampling).to(device)
+
+    # ---------------------------------------------------------------------------------------------- labels
+
+    def class_index(self, label: int | str) -> int:
+        """A class index from an index or a class name (case-insensitive)."""
+        num_classes = self.transformer.config.num_classes
+        if isinstance(label, str):
+            names = [name.lower() for name in self.class_names or []]
+            if label.lower() not in names:
+                known = ", ".join(self.class_names) if self.class_names else "this pipeline has no class names"
+                raise SVGError(f"unknown class {label!r} (known: {known})")
+            return names.index(label.lower())
+        if not 0 <= int(label) < max(num_classes, 1):
+            raise SVGError(f"class label {label} is out of range: the model has {num_classes} classes")
+        return int(label)
+
+    # ---------------------------------------------------------------------------------------------- sampling
+
+    def _require_transformer(self) -> DiT:
+        if self.transformer is None:
+            raise SVGError("this pipeline has only an autoencoder: it has no transformer to sample with")
+        return self.transformer
+
+    def noise_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        cfg = self._require_transformer().config
+        return (batch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
+
+    @torch.no_grad()
+    def __call__(self, class_labels: Sequence[int | str] | torch.Tensor, num_steps: int | None = None,
+                 guidance_scale: float | None = None, shift: float | None = None, sampler: str | None = None,
+                 generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 output_type: OutputType = "pil", guidance: GuidanceConfig | None = None,
+                 precision: Literal["fp32", "bf16"] = "fp32", progress: bool = False,
+                 **sampler_kwargs) -> list[Image.Image] | np.ndarray | torch.Tensor:
+        """Generate one image per label.
+
+        - ``class_labels``: indices or class names; ``num_steps``, ``shift``, ``sampler``: default to
+          ``self.sampling``. ``guidance_scale`` overrides the scale of ``guidance`` (default
+          ``self.sampling.guidance``); 1.0 is no guidance.
+        - ``latents``: the initial noise [B, C, h, w] (the public code's token layout is
+          ``x.flatten(2).transpose(1, 2)``); otherwise drawn with ``generator`` on its device (CPU by
+          default, so a seed gives the same images on every device).
+        - ``output_type``: ``"pil"`` (list of images), ``"np"`` (uint8 [B, H, W, 3]), ``"pt"`` (float
+          [B, 3, H, W] in [-1, 1]) or ``"latent"`` (the de-normalized latent that ``autoencoder.decode`` takes).
+        - ``precision="bf16"`` runs the transformer under bfloat16 autocast.
+        - ``sampler_kwargs`` go to the sampler (e.g. ``order=3`` for ``adams_bashforth``); the SDE sampler
+          also gets ``generator``.
+        """
+        transformer = self._require_transformer()
+        if output_type not in OUTPUT_TYPES:
+            raise SVGError(f"unknown output_type {output_type!r} (one of {', '.join(OUTPUT_TYPES)})")
+        labels = (class_labels.tolist() if isinstance(class_labels, torch.Tensor) else list(class_labels))
+        if not labels:
+            raise SVGError("no class labels given")
+        device = self.device
+        y = torch.tensor([self.class_index(label) for label in labels], device=device)
+        if latents is None:
+            noise_device = generator.device if generator is not None else torch.device("cpu")
+            latents = torch.randn(self.noise_shape(len(y)), generator=generator, device=noise_device)
+        elif tuple(latents.shape) != self.noise_shape(len(y)):
+            raise SVGError(f"latents must have shape {list(self.noise_shape(len(y)))}, got {list(latents.shape)}")
+        noise = latents.to(device=device, dtype=torch.float32)
+
+        num_steps = self.sampling.num_steps if num_steps is None else num_steps
+        sampler = sampler or self.sampling.sampler
+        guidance = guidance or self.sampling.guidance
+        if guidance_scale is not None:
+            guidance = replace(guidance, scale=guidance_scale)
+        sample = get_sampler(sampler)
+        if sampler == "euler_maruyama":
+            sampler_kwargs.setdefault("generator", generator)
+        times = time_grid(num_steps, self.sampling.shift if shift is None else shift, device=device)
+        velocity = guided_velocity(transformer, y, guidance, num_steps)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        with autocast:
+            normalized = sample(velocity, noise, times, progress=progress, **sampler_kwargs)
+        latent = self.latent_stats.denormalize(normalized)
+        if output_type == "latent":
+            return latent
+        images = self.autoencoder.decode(latent).clamp(-1, 1)
+        if output_type == "pt":
+            return images
+        if output_type == "np":
+            return to_uint8(images)
+        return [to_pil(image) for image in images]

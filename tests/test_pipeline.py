@@ -1,0 +1,107 @@
+"""SVGPipeline on real (small, randomly initialized) components: sampling, outputs, labels, save/load."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from svg_diffusion.data import FashionMNIST
+from svg_diffusion.diffusion import DiT, DiTConfig, GuidanceConfig, guided_velocity, sample_euler, time_grid
+from svg_diffusion.diffusion.latents import LatentStatistics
+from svg_diffusion.errors import SVGError
+from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
+
+from test_autoencoder_model import calibrated, tiny_autoencoder
+
+
+
+def tiny_pipeline(num_classes: int = 10) -> SVGPipeline:
+    images = FashionMNIST("test", limit=16)
+    batch = torch.stack([images[i][0] for i in range(16)])
+    autoencoder = calibrated(tiny_autoencoder(), batch)
+    latents = autoencoder.encode(batch)
+    stats = LatentStatistics(latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3)))
+    torch.manual_seed(0)
+    transformer = DiT(DiTConfig(in_channels=autoencoder.latent_channels, input_size=autoencoder.latent_size,
+                                hidden_size=32, depth=2, num_heads=2, num_classes=num_classes))
+    # adaLN-Zero starts as the zero velocity: perturb every weight so sampling depends on the labels.
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    names = [f"class {i}" for i in range(num_classes)]
+    return SVGPipeline(autoencoder, transformer, stats, names, SamplingDefaults(num_steps=4, shift=2.0))
+
+
+@pytest.fixture(scope="module")
+def pipe() -> SVGPipeline:
+    return tiny_pipeline()
+
+
+def test_call_equals_the_documented_sampling_steps(pipe):
+    noise = torch.randn(pipe.noise_shape(3), generator=torch.Generator().manual_seed(1))
+    latent = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="latent")
+    labels = torch.tensor([0, 4, 9])
+    velocity = guided_velocity(pipe.transformer, labels, GuidanceConfig(scale=3.0), 4)
+    expected = pipe.latent_stats.denormalize(sample_euler(velocity, noise, time_grid(4, 2.0)))
+    torch.testing.assert_close(latent, expected, rtol=0, atol=0)
+    images = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="pt")
+    torch.testing.assert_close(images, pipe.autoencoder.decode(expected).clamp(-1, 1))
+
+
+def test_output_types_and_seeds(pipe):
+    seed = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    pil = pipe([1, 2], generator=seed())
+    array = pipe([1, 2], generator=seed(), output_type="np")
+    assert [im.size for im in pil] == [(32, 32)] * 2 and all(isinstance(im, Image.Image) for im in pil)
+    assert array.dtype == np.uint8 and array.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(np.asarray(pil[0]), array[0])
+    other = pipe([1, 2], generator=torch.Generator().manual_seed(8), output_type="np")
+    assert np.abs(other.astype(int) - array).max() > 0
+
+
+def test_class_names_are_labels(pipe):
+    noise = torch.randn(pipe.noise_shape(2), generator=torch.Generator().manual_seed(3))
+    by_name = pipe(["class 3", "CLASS 5"], latents=noise, output_type="latent")
+    by_index = pipe(torch.tensor([3, 5]), latents=noise, output_type="latent")
+    torch.testing.assert_close(by_name, by_index, rtol=0, atol=0)
+    with pytest.raises(SVGError, match="unknown class 'coat'"):
+        pipe(["coat"])
+    with pytest.raises(SVGError, match="out of range"):
+        pipe([10])
+    with pytest.raises(SVGError, match="latents must have shape"):
+        pipe([1], latents=noise)
+    with pytest.raises(SVGError, match="unknown output_type"):
+        pipe([1], output_type="png")
+
+
+def test_save_and_load_reproduce_the_samples(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["format"] == "svg-diffusion-pipeline" and index["sampling"]["num_steps"] == 4
+    loaded = SVGPipeline.from_pretrained(tmp_path / "pipe")
+    noise = torch.randn(pipe.noise_shape(2), generator=torch.Generator().manual_seed(4))
+    for sampler in ("euler", "heun"):
+        torch.testing.assert_close(loaded([2, 6], latents=noise, sampler=sampler, output_type="pt"),
+                                   pipe([2, 6], latents=noise, sampler=sampler, output_type="pt"), rtol=0, atol=0)
+    assert loaded.class_names == pipe.class_names
+
+
+def test_autoencoder_only_pipeline(tmp_path):
+    images = torch.stack([FashionMNIST("test", limit=4)[i][0] for i in range(4)])
+    autoencoder = calibrated(tiny_autoencoder(), images)
+    SVGPipeline(autoencoder).save_pretrained(tmp_path / "ae")
+    loaded = SVGPipeline.from_pretrained(tmp_path / "ae")
+    assert loaded.transformer is None
+    torch.testing.assert_close(loaded.autoencoder.encode(images), autoencoder.encode(images))
+    with pytest.raises(SVGError, match="no transformer"):
+        loaded([0])
+
+
+def test_missing_or_foreign_folders_are_clear_errors(tmp_path, pipe):
+    with pytest.raises(SVGError, match="model_index.json is missing"):
+        SVGPipeline.from_pretrained(tmp_path)
+    pipe.transformer.save_pretrained(tmp_path / "dit")
+    with pytest.raises(SVGError, match="expected format 'svg-diffusion-autoencoder'"):
+        pipe.autoencoder.from_pretrained(tmp_path / "dit")
