@@ -2,9 +2,49 @@
 
 Data flows one way through the package:
 data -> encoders (frozen) -> autoencoder -> latents -> diffusion (transformer + flow + samplers) -> evaluation.
+
+The public API is importable from here; the modules behind it (and torch) load on first use, so
+``import svg_diffusion`` stays fast:
+
+    from svg_diffusion import SVGPipeline
+    pipe = SVGPipeline.from_pretrained("converted/svg-xl")
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from .errors import SVGError
 
 __version__ = "0.1.0"
-__all__ = ["SVGError", "__version__"]
+
+# Public name -> the module that defines it.
+_LAZY = {
+    "SVGPipeline": ".pipeline",
+    "SVGAutoencoder": ".autoencoder",
+    "load_encoder": ".encoders",
+    "DiT": ".diffusion",
+    "convert_official": ".official",
+}
+
+__all__ = ["SVGError", "__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from .autoencoder import SVGAutoencoder
+    from .diffusion import DiT
+    from .encoders import load_encoder
+    from .official import convert_official
+    from .pipeline import SVGPipeline
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

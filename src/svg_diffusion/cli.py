@@ -67,7 +67,28 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-COMMANDS = [add_demo, add_encode, add_encoders]
+def add_convert_official(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert-official", help="convert the public SVG weights (howlin/SVG) into a pipeline folder")
+    p.add_argument("--autoencoder", required=True, help="the public autoencoder's Lightning .ckpt (or its state dict)")
+    p.add_argument("--autoencoder-config", required=True, help="the YAML the autoencoder was trained with")
+    p.add_argument("--dinov3", default=None,
+                   help="Meta's DINOv3 .pth (or a Hugging Face folder); checked against the checkpoint's copy")
+    p.add_argument("--transformer", default=None, help="the public diffusion transformer .pt ({'ema': ...})")
+    p.add_argument("--transformer-config", default=None, help="the transformer's YAML (heads, feature_norm)")
+    p.add_argument("--stats", default=None, help="dinov3_sp_stats.pt (the latent mean/std)")
+    p.add_argument("--out", required=True, help="pipeline folder to create (must not exist or be empty)")
+
+    def run(args: argparse.Namespace) -> None:
+        from .official import convert_official
+
+        print(convert_official(args.autoencoder, args.autoencoder_config, args.out, dinov3=args.dinov3,
+                               transformer=args.transformer, transformer_config=args.transformer_config,
+                               stats=args.stats))
+
+    p.set_defaults(handler=run)
+
+
+COMMANDS = [add_demo, add_encode, add_encoders, add_convert_official]
 
 
 def build_parser() -> argparse.ArgumentParser:
