@@ -23,9 +23,9 @@ from svg_diffusion.official import convert_official, public_time_grid
 # Small public-format models: the "tiny" DINOv3 (dim 64, patch 4), 32² images -> 8x8 latents of 64 + 8 channels.
 DINO, PATCH, IMAGE, GRID, RESIDUAL = "tiny", 4, 32, 8, 8
 CHANNELS = 64 + RESIDUAL
-DECODER = dict(ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=CHANNELS,
-               resolution=IMAGE, out_ch=3)
-DIT = dict(in_channels=CHANNELS, grid=GRID, hidden=64, depth=2, num_heads=4, num_classes=10)
+DECODER = {"ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [8], "z_channels": CHANNELS,
+           "resolution": IMAGE, "out_ch": 3}
+DIT = {"in_channels": CHANNELS, "grid": GRID, "hidden": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
 PUBLIC_SHIFT, STEPS, CFG = 0.15, 10, 3.0
 
 
@@ -225,6 +225,11 @@ def test_without_dinov3_the_checkpoint_copy_is_used(converted, public, images, t
 
 
 # ------------------------------------------------------------------------------------------------- errors
+
+
+def test_dinov3_other_than_the_checkpoints_copy_is_refused(public, tmp_path):
+    public.write("other_dinov3.pth", meta_dinov3_state(9))
+    assert "encoder.cls_token differs from" in convert_error(public, tmp_path, dinov3="other_dinov3.pth")
 
 
 def convert_error(public: PublicFiles, tmp_path: Path, **replace: str) -> str:

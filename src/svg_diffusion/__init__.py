@@ -28,7 +28,7 @@ _LAZY = {
     "convert_official": ".official",
 }
 
-__all__ = ["SVGError", "__version__", *_LAZY]
+__all__ = ["DiT", "SVGAutoencoder", "SVGError", "SVGPipeline", "__version__", "convert_official", "load_encoder"]
 
 if TYPE_CHECKING:
     from .autoencoder import SVGAutoencoder
