@@ -1,7 +1,9 @@
 """Latent diffusion: the transformer (DiT/SiT), the flow-matching objective and the samplers.
 
 Reading order: :mod:`.transformer` (the velocity model), :mod:`.flow` (path, time shift, loss),
-:mod:`.samplers` (ODE/SDE integrators over a time grid), :mod:`.guidance` (classifier-free guidance).
+:mod:`.samplers` (ODE/SDE integrators over a time grid), :mod:`.guidance` (classifier-free guidance),
+:mod:`.latents` (latent statistics and the latent cache), :mod:`.train` (the trainer; import it from
+``svg_diffusion.diffusion.train``: it builds pipelines, and the pipeline module imports this package).
 """
 
 from .flow import (
@@ -16,6 +18,15 @@ from .flow import (
     shift_to_public,
 )
 from .guidance import GuidanceConfig, combine_guidance, guided_velocity
+from .latents import (
+    LatentCacheDataset,
+    LatentMoments,
+    LatentStatistics,
+    autoencoder_fingerprint,
+    cache_latents,
+    compute_latent_statistics,
+    encode_latents,
+)
 from .samplers import (
     SAMPLERS,
     get_sampler,
@@ -33,6 +44,8 @@ __all__ = [
     "FlowInputs", "FlowMatchingConfig", "draw_flow_inputs", "flow_matching_loss", "interpolate",
     "sample_training_time", "shift_from_public", "shift_time", "shift_to_public",
     "GuidanceConfig", "combine_guidance", "guided_velocity",
+    "LatentCacheDataset", "LatentMoments", "LatentStatistics", "autoencoder_fingerprint", "cache_latents",
+    "compute_latent_statistics", "encode_latents",
     "SAMPLERS", "get_sampler", "sample_adams_bashforth", "sample_dpm_solver_2m", "sample_euler",
     "sample_euler_maruyama", "sample_heun", "time_grid",
 ]

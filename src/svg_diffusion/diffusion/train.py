@@ -1,0 +1,375 @@
+"""Training the latent diffusion transformer: ``svg-diffusion train --config FILE`` / ``train_diffusion(config)``.
+
+Per step, on the engine of ``svg_diffusion.training`` (so one process equals N and resumes are exact):
+
+1. this rank's latents: the batch's images encoded by the frozen autoencoder (mirrored first for the
+   samples the step's ``hflip`` coins pick, when ``data.hflip``), or, with a latent cache, the cached
+   latent of each image or of its mirror under the same coins; then normalized with the latent statistics;
+2. noise, times and label drops drawn for the GLOBAL batch from the step's ``flow`` generator, this rank's
+   rows (``draw_flow_inputs``);
+3. the flow-matching MSE through the (DDP) transformer, an AdamW step, the EMA update.
+
+The latent statistics are fixed before training: read from ``latent_stats`` (a file), from the cache, or
+computed over the training split; they are written to ``out_dir/latent_stats.safetensors`` and kept in
+every checkpoint, so a resumed run uses the very same ones. Every ``engine.sample_every`` steps and at the
+end, the EMA transformer draws a class-conditional grid (``out_dir/samples/step_XXXXXXXX.png``, one labelled
+row per class). At the end ``out_dir/pipeline`` is a complete :class:`SVGPipeline` with the EMA transformer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..autoencoder import SVGAutoencoder
+from ..config import from_dict, save_config, to_dict
+from ..data import DataConfig, build_dataset, random_hflip
+from ..errors import SVGError
+from ..pipeline import AUTOENCODER_FOLDER, INDEX_FILE, STATS_FILE, SamplingDefaults, SVGPipeline
+from ..sampling import class_labels, write_samples
+from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, derive_seed
+from ..training.distributed import barrier, setup_distributed
+from .flow import FlowMatchingConfig, draw_flow_inputs, flow_matching_loss
+from .latents import (
+    LatentCacheDataset, LatentStatistics, autoencoder_fingerprint, cache_latents, compute_latent_statistics,
+    encode_latents,
+)
+from .transformer import DIT_SIZES, DiT, DiTConfig
+
+PIPELINE_FOLDER = "pipeline"
+SAMPLES_FOLDER = "samples"
+DERIVED_FIELDS = ("in_channels", "input_size", "num_classes")  # set by the autoencoder and the data
+
+
+@dataclass
+class TransformerConfig:
+    """The transformer: a named size (S, B, L, XL) and any :class:`DiTConfig` fields that override it.
+
+    ``in_channels``, ``input_size`` and ``num_classes`` are not set here: they come from the autoencoder's
+    latent and the dataset's classes.
+    """
+
+    size: str = "XL"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.size not in DIT_SIZES:
+            raise ValueError(f"size must be one of {', '.join(DIT_SIZES)}, got {self.size!r}")
+        valid = {f.name for f in dataclasses.fields(DiTConfig)} - set(DERIVED_FIELDS)
+        for key in self.overrides:
+            if key in DERIVED_FIELDS:
+                raise ValueError(f"overrides.{key} is set by the autoencoder and the data, not by the config")
+            if key not in valid:
+                raise ValueError(f"overrides.{key}: unknown DiTConfig field (valid: {', '.join(sorted(valid))})")
+
+    def build(self, in_channels: int, input_size: int, num_classes: int) -> DiTConfig:
+        fields = {**to_dict(DiTConfig.from_size(self.size)), **self.overrides,
+                  "in_channels": in_channels, "input_size": input_size, "num_classes": num_classes}
+        return from_dict(DiTConfig, fields, where="model")
+
+
+@dataclass
+class AdamWConfig:
+    """AdamW over the transformer; the defaults are the paper's recipe (no weight decay, no schedule)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+
+
+@dataclass
+class PreviewConfig:
+    """The class-conditional grid drawn with the EMA transformer every ``engine.sample_every`` steps.
+
+    ``classes``: class indices, one grid row each (None: every class, at most the first 10);
+    ``guidance_scale``: pictures want more guidance than FID (the paper: ~4 vs 1.5); ``num_steps``: None
+    is ``sampling.num_steps``. The noise is fixed by ``seed``, so grids of successive steps compare.
+    """
+
+    classes: list[int] | None = None
+    per_class: int = 8
+    guidance_scale: float = 4.0
+    num_steps: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.per_class < 1:
+            raise ValueError(f"per_class must be at least 1, got {self.per_class}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """The ``train`` config file. See docs/diffusion.md ("Training") and configs/*/diffusion.yaml.
+
+    - ``autoencoder``: the trained autoencoder's folder (``train-autoencoder``'s ``out_dir/autoencoder``)
+      or a pipeline folder holding one.
+    - ``data``: the training images (split "train"); ``data.hflip`` mirrors half of each batch.
+    - ``latent_cache``: a folder written by ``cache-latents`` from this very ``data`` and ``autoencoder``;
+      training then reads latents instead of encoding (None: encode online).
+    - ``latent_stats``: a ``latent_stats.safetensors`` file to use (None: the cache's, or computed).
+    - ``sampling``: the sampler settings the final pipeline gets (its defaults are the paper's).
+    - ``encode_batch_size``: batch size for computing the statistics online.
+    """
+
+    engine: EngineConfig
+    autoencoder: str
+    data: DataConfig
+    latent_cache: str | None = None
+    latent_stats: str | None = None
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    optimizer: AdamWConfig = field(default_factory=AdamWConfig)
+    ema_decay: float = 0.9999
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    encode_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.encode_batch_size < 1:
+            raise ValueError(f"encode_batch_size must be at least 1, got {self.encode_batch_size}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: latents of a training batch, online or cached
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_autoencoder(folder: str | Path) -> SVGAutoencoder:
+    """An autoencoder folder, or the autoencoder of a pipeline folder (eval mode, CPU)."""
+    folder = Path(folder)
+    if (folder / INDEX_FILE).is_file():
+        folder = folder / AUTOENCODER_FOLDER
+    return SVGAutoencoder.from_pretrained(folder)
+
+
+def dataset_info(data: DataConfig) -> dict:
+    """What a latent cache records about its images: the data config (flips aside) and the split."""
+    return {"data": to_dict(dataclasses.replace(data, hflip=False)), "split": "train"}
+
+
+def hflip_choices(generator: torch.Generator, batch: int, global_batch_size: int, offset: int) -> torch.Tensor:
+    """bool [batch]: the samples ``random_hflip`` mirrors with this generator (it is run on [0, 1] rows)."""
+    rows = torch.tensor([0.0, 1.0], device=generator.device).expand(batch, 1, 2)
+    return random_hflip(rows, generator, global_batch_size, offset)[:, 0, 0] == 1.0
+
+
+def batch_latents(batch: Any, autoencoder: SVGAutoencoder | None, hflip: bool, generator: torch.Generator,
+                  global_batch_size: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's raw latents and labels of a training batch.
+
+    Online (``autoencoder`` given): ``batch`` is (images, labels); with ``hflip`` the images the coins pick
+    are mirrored, then everything is encoded. Cached (``autoencoder`` None): ``batch`` is (latents,
+    [flipped,] labels) from :class:`LatentCacheDataset`; with ``hflip`` the same coins pick the mirrors'
+    latents. Both give the same numbers (the cache stores float32 encodings of the same images).
+    """
+    if autoencoder is not None:
+        images, labels = batch
+        if hflip:
+            images = random_hflip(images, generator, global_batch_size, offset)
+        return encode_latents(autoencoder, images), labels
+    latents, *mirrors, labels = batch
+    if hflip:
+        flip = hflip_choices(generator, len(labels), global_batch_size, offset).to(latents.device)
+        latents = torch.where(flip.view(-1, 1, 1, 1), mirrors[0], latents)
+    return latents, labels
+
+
+def training_dataset(config: DiffusionTrainConfig, autoencoder: SVGAutoencoder, progress: bool = True) -> Dataset:
+    """The latent cache (checked against the config and the autoencoder) or the image dataset."""
+    if config.latent_cache is None:
+        return build_dataset(config.data, "train", progress=progress)
+    cache = LatentCacheDataset(config.latent_cache)
+    where = f"latent cache {config.latent_cache}"
+    if cache.index["autoencoder"] != autoencoder_fingerprint(autoencoder):
+        raise SVGError(f"{where} was made with another autoencoder than {config.autoencoder}: run cache-latents again")
+    if cache.index["dataset"] != dataset_info(config.data):
+        raise SVGError(f"{where} was made from other data ({cache.index['dataset']}) than the config's "
+                       f"({dataset_info(config.data)}): run cache-latents again")
+    if config.data.hflip and not cache.flips:
+        raise SVGError(f"{where} has no mirrored latents but data.hflip is true: cache with flips or set hflip false")
+    return cache
+
+
+def dataset_classes(dataset: Dataset) -> list[str]:
+    """The class names of a dataset (an unlabelled image folder has none: the model is unconditional)."""
+    return list(getattr(dataset, "classes", None) or [])
+
+
+def training_statistics(config: DiffusionTrainConfig, autoencoder: SVGAutoencoder, dataset: Dataset,
+                        resume: bool, progress: bool = True) -> LatentStatistics:
+    """The latent statistics of a run: a resumed run's own file, ``config.latent_stats``, the cache's, or computed."""
+    own = Path(config.engine.out_dir) / STATS_FILE
+    if resume and own.is_file():
+        return LatentStatistics.load(own)
+    if config.latent_stats is not None:
+        stats = LatentStatistics.load(config.latent_stats)
+    elif isinstance(dataset, LatentCacheDataset):
+        stats = dataset.statistics()
+    else:
+        stats = compute_latent_statistics(autoencoder, dataset, config.encode_batch_size, config.engine.num_workers,
+                                          progress=progress)
+    if stats.channels != autoencoder.latent_channels:
+        raise SVGError(f"the latent statistics have {stats.channels} channels, the autoencoder's latent "
+                       f"{autoencoder.latent_channels}")
+    return stats
+
+
+def preview_classes(preview: PreviewConfig, class_names: list[str]) -> list[int] | None:
+    """The classes of the preview grid's rows (None for an unconditional model: one row of the null class)."""
+    if not class_names:
+        return None
+    if preview.classes is None:
+        return list(range(min(len(class_names), 10)))
+    wrong = [c for c in preview.classes if not 0 <= c < len(class_names)]
+    if wrong:
+        raise SVGError(f"preview.classes: class {wrong[0]} does not exist (the data has {len(class_names)} classes)")
+    return list(preview.classes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------------------
+
+
+class DiffusionTrainer(Trainer):
+    """Flow matching of a DiT on normalized latents, with EMA and preview grids; see the module docstring."""
+
+    def __init__(self, config: DiffusionTrainConfig, autoencoder: SVGAutoencoder, stats: LatentStatistics,
+                 class_names: list[str], cached: bool, device: torch.device):
+        self.config = config
+        self.autoencoder = autoencoder.to(device).eval()
+        self.stats = stats
+        self.class_names = class_names
+        self.cached = cached
+        self.preview_classes = preview_classes(config.preview, class_names)
+        dit_config = config.model.build(autoencoder.latent_channels, autoencoder.latent_size, len(class_names))
+        # Seeded on its own, so the initialization does not depend on what ran before (loading, statistics).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(derive_seed(config.engine.seed, "transformer"))
+            self.transformer = DiT(dit_config).to(device)
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(self.transformer.parameters(), lr=opt.lr, betas=opt.betas,
+                                           weight_decay=opt.weight_decay)
+        self.ema = EMA(self.transformer, config.ema_decay)
+        self.ema_transformer = DiT(dit_config).to(device).eval().requires_grad_(False)
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return {"transformer": self.transformer}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"transformer": self.optimizer}
+
+    def training_step(self, batch, ctx: StepContext) -> None:
+        latents, labels = batch_latents(batch, None if self.cached else self.autoencoder, self.config.data.hflip,
+                                        ctx.generator("hflip"), ctx.global_batch_size, ctx.batch_offset)
+        x = self.stats.normalize(latents)
+        y = labels if self.class_names else torch.zeros_like(labels)  # unconditional: the null class 0
+        inputs = draw_flow_inputs((ctx.global_batch_size, *x.shape[1:]), self.config.flow, ctx.generator("flow"),
+                                  ctx.device).rows(ctx.batch_offset, ctx.batch_offset + ctx.local_batch_size)
+        for x_i, y_i, noise, t, drop in ctx.micro_batches(x, y, inputs.noise, inputs.t, inputs.drop):
+            loss = flow_matching_loss(ctx.modules["transformer"], x_i, y_i, noise, t, drop)
+            ctx.backward(loss)
+            ctx.log(loss=loss)
+        ctx.optimizer_step(self.optimizer)
+        self.ema.update(self.transformer)
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.state_dict(), "latent_stats": {"mean": self.stats.mean, "std": self.stats.std}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.load_state_dict(state["ema"])
+        self.stats = LatentStatistics(state["latent_stats"]["mean"], state["latent_stats"]["std"])
+
+    def ema_pipeline(self) -> SVGPipeline:
+        """The pipeline of the EMA transformer as it is now."""
+        self.ema.copy_to(self.ema_transformer)
+        return SVGPipeline(self.autoencoder, self.ema_transformer, self.stats, self.class_names or None,
+                           self.config.sampling)
+
+    @torch.no_grad()
+    def on_sample(self, ctx: StepContext) -> None:
+        """A class grid from the EMA transformer; every rank samples its share (the EMA is the same on all)."""
+        preview = self.config.preview
+        pipe = self.ema_pipeline()
+        labels = class_labels(pipe, self.preview_classes, preview.per_class)
+        write_samples(pipe, labels, grid=ctx.out_dir / SAMPLES_FOLDER / f"step_{ctx.step:08d}.png",
+                      nrow=preview.per_class, seed=preview.seed, batch_size=len(labels), progress=False,
+                      guidance_scale=preview.guidance_scale, num_steps=preview.num_steps,
+                      precision=ctx.config.precision)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points (one per command)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_diffusion(config: DiffusionTrainConfig, resume: bool = False) -> Path:
+    """Train as ``config`` says (continuing from the latest checkpoint with ``resume``); return the pipeline folder.
+
+    Runs as one process, or as one of N under torchrun (every rank returns after rank 0 has written it).
+    """
+    engine = Engine(config.engine)
+    out_dir = Path(config.engine.out_dir)
+    autoencoder = load_autoencoder(config.autoencoder).to(engine.device)
+    dataset = training_dataset(config, autoencoder, progress=engine.is_main)
+    preview_classes(config.preview, dataset_classes(dataset))  # a wrong class fails before the statistics
+    stats = training_statistics(config, autoencoder, dataset, resume, progress=engine.is_main)
+    if engine.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+        stats.save(out_dir / STATS_FILE)
+    trainer = DiffusionTrainer(config, autoencoder, stats, dataset_classes(dataset),
+                               cached=isinstance(dataset, LatentCacheDataset), device=engine.device)
+    engine.fit(trainer, dataset, resume=resume)
+    folder = out_dir / PIPELINE_FOLDER
+    if engine.is_main:
+        trainer.ema_pipeline().save_pretrained(folder)
+    barrier()
+    return folder
+
+
+def cache_training_latents(config: DiffusionTrainConfig, out_dir: str | Path | None = None, dtype: str = "float32",
+                           shard_size: int = 4096, progress: bool = True) -> Path:
+    """The ``cache-latents`` command: encode ``config.data``'s training split with ``config.autoencoder`` into
+    ``out_dir`` (default ``config.latent_cache``), with the mirrors' latents when ``data.hflip``. Shards are
+    split over ranks under torchrun."""
+    target = out_dir if out_dir is not None else config.latent_cache
+    if target is None:
+        raise SVGError("no cache folder: set latent_cache in the config or pass an output folder")
+    place = setup_distributed(config.engine.device)
+    autoencoder = load_autoencoder(config.autoencoder).to(place.device)
+    dataset = build_dataset(config.data, "train", progress=progress and place.is_main)
+    return cache_latents(autoencoder, dataset, target, flips=config.data.hflip, shard_size=shard_size, dtype=dtype,
+                         batch_size=config.encode_batch_size, num_workers=config.engine.num_workers,
+                         dataset_info=dataset_info(config.data), progress=progress)
+
+
+def training_latent_statistics(config: DiffusionTrainConfig, out: str | Path, progress: bool = True) -> Path:
+    """The ``latent-stats`` command: exact statistics of ``config.data``'s training latents, written to ``out``
+    (set ``latent_stats`` to it to skip the computation when training online). Sharded under torchrun."""
+    place = setup_distributed(config.engine.device)
+    autoencoder = load_autoencoder(config.autoencoder).to(place.device)
+    dataset = build_dataset(config.data, "train", progress=progress and place.is_main)
+    stats = compute_latent_statistics(autoencoder, dataset, config.encode_batch_size, config.engine.num_workers,
+                                      progress=progress)
+    if place.is_main:
+        stats.save(out)
+    barrier()
+    return Path(out)
