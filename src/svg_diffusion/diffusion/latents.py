@@ -18,11 +18,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
@@ -32,6 +32,9 @@ from ..errors import SVGError
 from ..training.distributed import all_reduce_, barrier
 from ..utils.files import atomic_path
 from ..utils.pretrained import read_json, read_state_file, write_json
+
+if TYPE_CHECKING:
+    from ..autoencoder import SVGAutoencoder
 
 FORMAT = "svg-diffusion-latent-stats"
 
@@ -138,7 +141,7 @@ class LatentMoments:
 
 
 @torch.no_grad()
-def encode_latents(autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def encode_latents(autoencoder: SVGAutoencoder, images: torch.Tensor) -> torch.Tensor:
     """Latents of a batch in float32, outside any autocast: the numbers online training and the cache share."""
     device = next(autoencoder.parameters()).device
     with torch.autocast(device.type, enabled=False):
@@ -149,7 +152,7 @@ def _loader(dataset: Dataset, indices: range, batch_size: int, num_workers: int)
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def compute_latent_statistics(autoencoder: nn.Module, dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
+def compute_latent_statistics(autoencoder: SVGAutoencoder, dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
                               progress: bool = True) -> LatentStatistics:
     """Exact per-channel mean and std of the latents of every image of ``dataset`` (no flips, no masking).
 
@@ -179,7 +182,7 @@ CACHE_STATS = "latent_stats.safetensors"
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def autoencoder_fingerprint(autoencoder: nn.Module) -> str:
+def autoencoder_fingerprint(autoencoder: SVGAutoencoder) -> str:
     """A SHA-256 of the autoencoder's config and every tensor of its state (frozen encoder included).
 
     A latent cache records it, and training refuses a cache made by another autoencoder.
@@ -208,7 +211,7 @@ def _shard_is_current(path: Path, expected: dict[str, str]) -> bool:
     return all(metadata.get(key) == value for key, value in expected.items())
 
 
-def cache_latents(autoencoder: nn.Module, dataset: Dataset, out_dir: str | Path, flips: bool = True,
+def cache_latents(autoencoder: SVGAutoencoder, dataset: Dataset, out_dir: str | Path, flips: bool = True,
                   shard_size: int = 4096, dtype: str = "float32", batch_size: int = 256, num_workers: int = 0,
                   dataset_info: dict | None = None, progress: bool = True) -> Path:
     """Encode every image of ``dataset`` once into ``out_dir`` so diffusion training can skip the encoders.
