@@ -68,6 +68,45 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-autoencoder", help="train the SVG autoencoder (residual encoder + decoder + GAN)")
+    p.add_argument("--config", required=True, help="YAML file (see configs/demo/autoencoder.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in engine.out_dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set engine.max_steps=100 (repeatable)")
+
+    def run(args: argparse.Namespace) -> None:
+        from .autoencoder.train import AutoencoderTrainConfig, train_autoencoder
+        from .config import load_config
+
+        _print_on_rank_0(train_autoencoder(load_config(AutoencoderTrainConfig, args.config, args.overrides),
+                                           resume=args.resume))
+
+    p.set_defaults(handler=run)
+
+
+def add_eval_autoencoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval-autoencoder", help="PSNR, SSIM, LPIPS and rFID of an autoencoder's reconstructions")
+    p.add_argument("--autoencoder", required=True, help="folder written by train-autoencoder (out_dir/autoencoder)")
+    p.add_argument("--data", default="fashion_mnist", help="'fashion_mnist' or an image folder")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-rfid", action="store_true", help="skip rFID (the Inception network is the slow part)")
+    p.add_argument("--out-dir", required=True, help="where reconstruction.json and reconstruction.png go")
+
+    def run(args: argparse.Namespace) -> None:
+        from .evaluation.reconstruction import GRID_FILE, METRICS_FILE, eval_autoencoder, format_metrics_table
+
+        metrics = eval_autoencoder(args.autoencoder, args.data, args.split, args.limit, args.out_dir,
+                                   args.batch_size, args.device, rfid=not args.no_rfid)
+        print(format_metrics_table({args.autoencoder: metrics}))
+        print(f"wrote {args.out_dir}/{METRICS_FILE} and {args.out_dir}/{GRID_FILE}")
+
+    p.set_defaults(handler=run)
+
+
 def add_convert_official(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert-official", help="convert the public SVG weights (howlin/SVG) into a pipeline folder")
     p.add_argument("--autoencoder", required=True, help="the public autoencoder's Lightning .ckpt (or its state dict)")
@@ -189,8 +228,8 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-COMMANDS = [add_demo, add_encode, add_encoders, add_convert_official, add_train, add_cache_latents, add_latent_stats,
-            add_sample]
+COMMANDS = [add_demo, add_encode, add_encoders, add_train_autoencoder, add_eval_autoencoder, add_convert_official,
+            add_train, add_cache_latents, add_latent_stats, add_sample]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,177 @@
+"""Training the SVG autoencoder: ``svg-diffusion train-autoencoder --config FILE`` / ``train_autoencoder(config)``.
+
+Per step (SPEC §1), on the engine of ``svg_diffusion.training``:
+
+1. generator update: the batch (flipped when ``data.hflip``) goes through the autoencoder with the residual
+   maps of ``model.mask_prob`` of the samples replaced by the mask token; loss = L1 + LPIPS, plus from
+   ``loss.disc_start`` on the hinge generator loss with the adaptive weight; Adam over the residual encoder
+   and the decoder only;
+2. discriminator update (from ``loss.disc_start`` on): hinge loss on the batch and the reconstructions of
+   step 1, Adam over the PatchGAN.
+
+The frozen encoder and LPIPS are never optimized. What DDP wraps and checkpoints hold is the trained part
+(``TrainedParts``: residual encoder, alignment statistics, decoder), not the frozen encoder. At the end
+``out_dir/autoencoder`` holds the model as ``SVGAutoencoder.save_pretrained`` writes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import save_config
+from ..data import DataConfig, build_dataset, random_hflip
+from ..evaluation.image_metrics import psnr
+from ..training import Engine, EngineConfig, StepContext, Trainer
+from ..training.distributed import barrier
+from ..utils.images import save_image_grid
+from .losses import AutoencoderLoss, LossConfig
+from .model import AutoencoderConfig, AutoencoderOutput, SVGAutoencoder
+
+MODEL_FOLDER = "autoencoder"
+SAMPLES_FOLDER = "samples"
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam for both players, the paper's recipe: lr 1e-4, betas (0.5, 0.9)."""
+
+    lr: float = 1e-4
+    disc_lr: float | None = None  # None: the same as lr
+    betas: tuple[float, float] = (0.5, 0.9)
+
+    def __post_init__(self):
+        if self.lr <= 0 or (self.disc_lr is not None and self.disc_lr <= 0):
+            raise ValueError(f"learning rates must be positive, got lr {self.lr} and disc_lr {self.disc_lr}")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
+
+
+@dataclass
+class AutoencoderTrainConfig:
+    """The ``train-autoencoder`` config file: how to run (engine), on what (data), what (model, loss, optimizer).
+
+    ``preview_images``: test images whose reconstructions are drawn (and whose PSNR is logged as
+    ``preview_psnr``) every ``engine.sample_every`` steps and at the end.
+    """
+
+    engine: EngineConfig
+    data: DataConfig
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    preview_images: int = 16
+
+    def __post_init__(self):
+        if self.data.image_size != self.model.image_size:
+            raise ValueError(f"data.image_size {self.data.image_size} differs from model.image_size {self.model.image_size}")
+        if self.preview_images < 1:
+            raise ValueError(f"preview_images must be at least 1, got {self.preview_images}")
+
+
+class TrainedParts(nn.Module):
+    """The autoencoder's trained submodules (residual encoder, alignment, decoder) as one module.
+
+    Its parameters and state dict are those of the trained parts only (the keys of ``model.safetensors``),
+    so DDP synchronizes and checkpoints store nothing of the frozen encoder; its forward is the whole
+    autoencoder's, which uses these very submodules.
+    """
+
+    def __init__(self, autoencoder: SVGAutoencoder):
+        super().__init__()
+        for name in ("residual", "alignment", "decoder"):
+            if getattr(autoencoder, name) is not None:
+                self.add_module(name, getattr(autoencoder, name))
+        object.__setattr__(self, "autoencoder", autoencoder)  # not a submodule: keeps the frozen encoder out
+
+    def forward(self, images: torch.Tensor, residual_mask: torch.Tensor | None = None) -> AutoencoderOutput:
+        return self.autoencoder(images, residual_mask)
+
+
+class AutoencoderTrainer(Trainer):
+    """Generator (residual encoder + decoder) and PatchGAN updates of the SVG autoencoder; see the module docstring."""
+
+    def __init__(self, config: AutoencoderTrainConfig, device: torch.device, preview: torch.Tensor):
+        self.config = config
+        self.autoencoder = SVGAutoencoder.from_config(config.model).to(device)
+        self.trained = TrainedParts(self.autoencoder)
+        self.criterion = AutoencoderLoss(config.loss).to(device)  # frozen LPIPS + the discriminator
+        opt = config.optimizer
+        self.opt_g = torch.optim.Adam(self.trained.parameters(), lr=opt.lr, betas=opt.betas)
+        self.opt_d = torch.optim.Adam(self.criterion.discriminator.parameters(), lr=opt.disc_lr or opt.lr,
+                                      betas=opt.betas)
+        self.preview = preview.to(device)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"autoencoder": self.trained, "discriminator": self.criterion.discriminator}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"autoencoder": self.opt_g, "discriminator": self.opt_d}
+
+    def training_step(self, batch, ctx: StepContext) -> None:
+        images, _ = batch
+        if self.config.data.hflip:
+            images = random_hflip(images, ctx.generator("hflip"), ctx.global_batch_size, ctx.batch_offset)
+        mask = ctx.local_rows(self.autoencoder.draw_residual_mask(ctx.global_batch_size, ctx.generator("residual_mask")))
+        adversarial = self.criterion.gan_active(ctx.step)
+
+        reconstructions = []
+        for x, m in ctx.micro_batches(images, mask):
+            recon = ctx.modules["autoencoder"](x, m).recon
+            loss, parts = self.criterion.generator_loss(x, recon, self.autoencoder.decoder.last_layer, adversarial)
+            ctx.backward(loss, for_optimizer=self.opt_g)
+            ctx.log(loss=parts["total"], rec_loss=parts["rec"], l1_loss=parts["l1"], lpips_loss=parts["lpips"])
+            if adversarial:
+                ctx.log(gan_loss=parts["gan"], gan_weight=parts["gan_weight"])
+            reconstructions.append(recon.detach())
+        ctx.optimizer_step(self.opt_g)
+        if not adversarial:
+            return
+
+        # The critic sees step 1's reconstructions: a second autoencoder pass would cost a forward and, in
+        # training mode, fold the batch into the running alignment statistics twice.
+        for x, fake in ctx.micro_batches(images, torch.cat(reconstructions)):
+            loss, parts = self.criterion.discriminator_loss(x, fake, ctx.modules["discriminator"])
+            ctx.backward(loss, for_optimizer=self.opt_d)
+            ctx.log(**parts)
+        ctx.optimizer_step(self.opt_d)
+
+    @torch.no_grad()
+    def on_sample(self, ctx: StepContext) -> None:
+        """Reconstruct the preview images in eval mode (running alignment statistics): log PSNR, write a grid."""
+        self.autoencoder.eval()
+        with ctx.autocast():
+            recon = self.autoencoder(self.preview).recon.float().clamp(-1, 1)
+        ctx.log(preview_psnr=psnr(self.preview, recon).mean())
+        if ctx.is_main:
+            save_reconstruction_grid(self.preview, recon, ctx.out_dir / SAMPLES_FOLDER / f"recon_{ctx.step:08d}.png")
+
+
+def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path) -> Path:
+    """A PNG with the originals in the top row and their reconstructions below."""
+    return save_image_grid(torch.cat([originals, reconstructions]).cpu(), path, nrow=len(originals),
+                           row_labels=["original", "reconstruction"])
+
+
+def train_autoencoder(config: AutoencoderTrainConfig, resume: bool = False) -> Path:
+    """Train as ``config`` says (continuing from the latest checkpoint with ``resume``); return the model folder.
+
+    Runs as one process, or as one of N under torchrun (every rank returns after rank 0 has written the folder).
+    """
+    engine = Engine(config.engine)  # first: it seeds the initialization identically on every rank
+    out_dir = Path(config.engine.out_dir)
+    if engine.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+    preview_data = build_dataset(config.data, "test", progress=False)
+    preview = torch.stack([preview_data[i][0] for i in range(min(config.preview_images, len(preview_data)))])
+    trainer = AutoencoderTrainer(config, engine.device, preview)
+    engine.fit(trainer, build_dataset(config.data, "train", progress=engine.is_main), resume=resume)
+    folder = out_dir / MODEL_FOLDER
+    if engine.is_main:
+        trainer.autoencoder.eval().save_pretrained(folder)
+    barrier()
+    return folder

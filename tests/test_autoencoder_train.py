@@ -1,0 +1,223 @@
+"""The autoencoder trainer on real Fashion-MNIST images with a tiny real model: the command, exact resume
+through the GAN phase, 2 gloo processes == 1 process, the NaN stop and bad configs.
+
+The 2-process run launches this file with ``python -m torch.distributed.run --nproc_per_node 2``; each
+process trains (and evaluates) with ``worker``, then the test repeats the run in one process and compares.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from svg_diffusion.autoencoder import SVGAutoencoder
+from svg_diffusion.autoencoder.train import AutoencoderTrainConfig, train_autoencoder
+from svg_diffusion.cli import main
+from svg_diffusion.config import ConfigError, from_dict
+from svg_diffusion.data import FashionMNIST
+from svg_diffusion.errors import SVGError
+from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction
+from svg_diffusion.training import checkpoint_path, list_checkpoints, load_checkpoint, read_records
+
+# 16x16 images, the 'tiny' frozen encoder (64 channels, patch 4: 4x4 latents), 4 residual channels, a small
+# decoder and critic; the GAN starts after the first step so every run below goes through both phases.
+TINY = {
+    "engine": {"max_steps": 4, "global_batch_size": 8, "log_every": 1, "checkpoint_every": 2, "sample_every": 2,
+               "num_workers": 0, "device": "cpu"},
+    "data": {"source": "fashion_mnist", "image_size": 16, "limit": 64, "hflip": True},
+    "model": {
+        "encoder": "tiny", "image_size": 16,
+        "residual": {"channels": 4, "depth": 1, "width": 32, "num_heads": 2, "mlp_dim": 64},
+        "decoder": {"z_channels": 68, "resolution": 16, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
+                    "attn_resolutions": []},
+    },
+    "loss": {"disc_start": 1, "disc_layers": 2, "disc_channels": 32},
+    "optimizer": {"lr": 1e-4},
+    "preview_images": 4,
+}
+GAN_METRICS = ("loss", "rec_loss", "l1_loss", "lpips_loss", "gan_loss", "gan_weight", "disc_loss")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and much faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(out_dir: Path, optimizer: dict | None = None, **engine) -> AutoencoderTrainConfig:
+    data = json.loads(json.dumps(TINY))
+    data["engine"].update(out_dir=str(out_dir), **engine)
+    data["optimizer"].update(optimizer or {})
+    return from_dict(AutoencoderTrainConfig, data)
+
+
+def trajectory(out_dir: Path, key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in read_records(Path(out_dir) / "metrics.jsonl") if key in r]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two nested state dicts (modules, optimizers) hold bit-identical values."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_same_state(a[key], b[key])
+        elif isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_command_trains_and_writes_a_working_model(tmp_path, fmnist_dir, capsys):
+    config = write_yaml(tmp_path / "ae.yaml", TINY)
+    out_dir = tmp_path / "run"
+    code = main(["train-autoencoder", "--config", str(config), "--set", f"engine.out_dir={out_dir}",
+                 "--set", "engine.max_steps=8", "--set", "loss.disc_start=6", "--set", "optimizer.lr=1e-3"])
+    assert code == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert folder == out_dir / "autoencoder"
+
+    rec = [value for _, value in trajectory(out_dir, "rec_loss")]
+    assert len(rec) == 8 and max(rec[-2:]) < 0.8 * rec[0], rec  # L1 + LPIPS falls
+    assert [s for s, _ in trajectory(out_dir, "disc_loss")] == [7, 8]  # the critic from disc_start on
+    assert [s for s, _ in trajectory(out_dir, "preview_psnr")] == [2, 4, 6, 8]
+    assert {p.name for p in (out_dir / "samples").iterdir()} == {f"recon_{s:08d}.png" for s in (2, 4, 6, 8)}
+    assert (out_dir / "loss_curves.png").is_file() and (out_dir / "config.yaml").is_file()
+
+    # Checkpoints hold the trained parts and the critic, not the frozen encoder.
+    state = load_checkpoint(checkpoint_path(out_dir, 8))
+    assert set(state["modules"]) == {"autoencoder", "discriminator"}
+    assert {key.split(".")[0] for key in state["modules"]["autoencoder"]} == {"residual", "alignment", "decoder"}
+
+    # The saved model is the trained one, with its running alignment statistics (one update per step) ...
+    model = SVGAutoencoder.from_pretrained(folder)
+    assert int(model.alignment.num_batches_tracked) == 8
+    assert_same_state(load_file(folder / "model.safetensors"), state["modules"]["autoencoder"])
+    # ... whose latents do not depend on the batch they are encoded in.
+    dataset = FashionMNIST("test", image_size=16, root=fmnist_dir, limit=6)
+    images = torch.stack([dataset[i][0] for i in range(6)])
+    with torch.no_grad():
+        whole = model.encode(images)
+        alone = torch.cat([model.encode(images[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(alone, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_resume_continues_exactly_through_the_gan_phase(tmp_path, fmnist_dir):
+    out_dir = tmp_path / "run"
+    train_autoencoder(tiny_config(out_dir))
+    uninterrupted = load_checkpoint(checkpoint_path(out_dir, 4))
+    final_weights = load_file(out_dir / "autoencoder" / "model.safetensors")
+    expected = {key: trajectory(out_dir, key) for key in GAN_METRICS}
+
+    # As if the run had died after its step-2 checkpoint, with the GAN active since the second step.
+    checkpoint_path(out_dir, 4).unlink()
+    shutil.rmtree(out_dir / "autoencoder")
+    train_autoencoder(tiny_config(out_dir), resume=True)
+
+    resumed = load_checkpoint(checkpoint_path(out_dir, 4))
+    assert_same_state(resumed["modules"], uninterrupted["modules"])
+    assert_same_state(resumed["optimizers"], uninterrupted["optimizers"])
+    assert_same_state(load_file(out_dir / "autoencoder" / "model.safetensors"), final_weights)
+    for key, values in expected.items():
+        assert trajectory(out_dir, key) == values, key
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmnist_dir):
+    out_dir = tmp_path / "run"
+    config = tiny_config(out_dir, checkpoint_every=1)
+    config.optimizer.lr = 1e30  # one Adam step moves every weight by ~1e30: the next loss overflows
+    with pytest.raises(SVGError, match=r"loss is NaN or infinite in step 2; nothing was saved, the last good "
+                                       r"checkpoint is .*step_00000001\.pt"):
+        train_autoencoder(config)
+    assert [step for step, _ in list_checkpoints(out_dir)] == [1]
+    assert load_checkpoint(checkpoint_path(out_dir, 1))["step"] == 1
+    assert not (out_dir / "autoencoder").exists()
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = json.loads(json.dumps(TINY))
+    bad["model"]["residual"]["heads"] = 4
+    for data, message in (
+        (bad, "model.residual.heads: unknown key"),
+        ({**TINY, "data": {**TINY["data"], "image_size": 64}}, "data.image_size 64 differs from model.image_size 16"),
+    ):
+        config = write_yaml(tmp_path / "bad.yaml", {**data, "engine": {**data["engine"], "out_dir": str(tmp_path)}})
+        assert main(["train-autoencoder", "--config", str(config)]) == 2
+        stderr = capsys.readouterr().err
+        assert len(stderr.strip().splitlines()) == 1, stderr
+        assert stderr.startswith("svg-diffusion train-autoencoder: error: ") and message in stderr
+    with pytest.raises(ConfigError, match=r"optimizer: betas must be in \[0, 1\)"):
+        from_dict(AutoencoderTrainConfig, {**TINY, "engine": {**TINY["engine"], "out_dir": "x"},
+                                           "optimizer": {"betas": [0.5, 1.5]}})
+
+
+# ---------------------------------------------------------------------------------------- two processes
+
+# Adam's first steps are about lr * sign(gradient): a gradient entry whose sign float round-off decides (the
+# sum order differs between 1 and 2 processes) moves by +-lr. With lr 1e-5 those flips stay far below the
+# 1e-5 tolerance on the losses; any real difference between the two runs would not.
+DDP_OPTIMIZER = {"lr": 1e-5}
+
+def worker(out_dir: Path) -> None:
+    """One of two torchrun processes: train the tiny config, then evaluate the model, sharded."""
+    folder = train_autoencoder(tiny_config(out_dir / "run", DDP_OPTIMIZER))
+    metrics = evaluate_reconstruction(SVGAutoencoder.from_pretrained(folder), FashionMNIST("test", 16, limit=7),
+                                      batch_size=2, progress=False)
+    (out_dir / f"eval_rank{os.environ['RANK']}.json").write_text(json.dumps(metrics))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_and_evaluate_like_one(tmp_path, fmnist_dir):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), __file__, str(tmp_path / "ddp")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=Path(__file__).parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    single = train_autoencoder(tiny_config(tmp_path / "single" / "run", DDP_OPTIMIZER))
+    for key in GAN_METRICS:
+        ours, theirs = trajectory(tmp_path / "single" / "run", key), trajectory(tmp_path / "ddp" / "run", key)
+        assert len(ours) == len(theirs) > 0, key
+        for (s1, v1), (s2, v2) in zip(ours, theirs):
+            assert s1 == s2 and v1 == pytest.approx(v2, abs=1e-5), (key, s1)
+    # The trained models agree where it matters: the latents and reconstructions. (Not every parameter: a
+    # conv bias right before a one-channel GroupNorm group has an exactly-zero gradient, so Adam moves it by
+    # round-off noise, without any effect on the outputs.)
+    models = [SVGAutoencoder.from_pretrained(folder) for folder in (single, tmp_path / "ddp" / "run" / "autoencoder")]
+    images = torch.stack([image for image, _ in FashionMNIST("test", 16, limit=7)])
+    with torch.no_grad():
+        (latent, recon), (ddp_latent, ddp_recon) = (model(images) for model in models)
+    torch.testing.assert_close(ddp_latent, latent, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ddp_recon, recon, atol=1e-5, rtol=1e-5)
+
+    expected = evaluate_reconstruction(models[0], FashionMNIST("test", 16, limit=7), batch_size=2, progress=False)
+    for rank in (0, 1):
+        metrics = json.loads((tmp_path / "ddp" / f"eval_rank{rank}.json").read_text())
+        assert metrics.keys() == expected.keys()
+        for key, value in expected.items():
+            assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-4), (rank, key)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    worker(Path(sys.argv[1]))

@@ -1,0 +1,94 @@
+"""Reconstruction metrics on real Fashion-MNIST images with the real LPIPS and Inception weights."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from svg_diffusion.autoencoder import LPIPS, AutoencoderConfig, DecoderConfig, ResidualEncoderConfig, SVGAutoencoder
+from svg_diffusion.cli import main
+from svg_diffusion.data import FashionMNIST
+from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config
+from svg_diffusion.errors import SVGError
+from svg_diffusion.evaluation import FeatureStats, psnr, ssim
+from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction, format_metrics_table, quantized
+
+COUNT = 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small batches: one thread is as fast, and much faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(fmnist_dir):
+    return FashionMNIST("test", image_size=32, root=fmnist_dir, limit=COUNT)
+
+
+def test_perfect_reconstruction(dataset, tmp_path):
+    metrics = evaluate_reconstruction(lambda images: images, dataset, batch_size=3, grid_images=5, out_dir=tmp_path)
+    assert metrics["images"] == COUNT
+    assert metrics["psnr"] == float("inf") and metrics["ssim"] == pytest.approx(1.0, abs=1e-12)
+    assert metrics["lpips"] == 0.0 and 0.0 <= metrics["rfid"] < 1e-3
+    assert json.loads((tmp_path / "reconstruction.json").read_text()) == metrics
+    with Image.open(tmp_path / "reconstruction.png") as grid:
+        # two rows (originals, reconstructions) of 5 images of 32 px with 2 px padding, plus a label margin
+        assert grid.height == 2 * 32 + 3 * 2 and grid.width > 5 * 32 + 6 * 2
+
+
+def test_metrics_are_those_of_the_quantized_images(dataset):
+    def shifted(images):  # a real degradation: one pixel to the right, brighter
+        return torch.roll(images, 1, dims=-1) + 0.1
+
+    metrics = evaluate_reconstruction(shifted, dataset, batch_size=5, rfid=True)
+    images = torch.stack([image for image, _ in dataset])
+    recon = quantized(shifted(images))
+    assert metrics["psnr"] == pytest.approx(psnr(images, recon).mean().item(), rel=1e-9)
+    assert metrics["ssim"] == pytest.approx(ssim(images, recon).mean().item(), rel=1e-9)
+    assert metrics["lpips"] == pytest.approx(LPIPS()(images, recon).mean().item(), rel=1e-5)
+    assert 5 < metrics["psnr"] < 30 and 0 < metrics["ssim"] < 1 and metrics["lpips"] > 0.01 and metrics["rfid"] > 1
+    with pytest.raises(SVGError, match="reference statistics are of 3 images, the dataset has 8"):
+        evaluate_reconstruction(shifted, dataset, reference=FeatureStats.from_features(torch.randn(3, 4)))
+
+
+def tiny_autoencoder(images: torch.Tensor) -> SVGAutoencoder:
+    torch.manual_seed(0)
+    config = AutoencoderConfig(
+        encoder="tiny", image_size=32,
+        residual=ResidualEncoderConfig(channels=4, depth=1, width=32, num_heads=2, mlp_dim=64),
+        decoder=DecoderConfig(z_channels=68, resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=()),
+    )
+    model = SVGAutoencoder(config, FrozenEncoder(VisionTransformer(get_config("tiny"))))
+    with torch.no_grad():
+        model.train()(images)  # running alignment statistics, as training leaves them
+    return model
+
+
+def test_eval_command_on_a_saved_autoencoder(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SVG_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    images = torch.stack([image for image, _ in dataset])
+    model = tiny_autoencoder(images)
+    model.save_pretrained(tmp_path / "ae")
+
+    assert main(["eval-autoencoder", "--autoencoder", str(tmp_path / "ae"), "--data", "fashion_mnist", "--limit",
+                 str(COUNT), "--batch-size", "4", "--device", "cpu", "--out-dir", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "eval" / "reconstruction.json").read_text())
+    assert format_metrics_table({str(tmp_path / "ae"): saved}) in printed
+    assert (tmp_path / "eval" / "reconstruction.png").is_file()
+    # The command takes the originals' Inception statistics from the cache; the direct call computes them.
+    assert list((tmp_path / "cache" / "inception").iterdir())
+    direct = evaluate_reconstruction(model, dataset, batch_size=4)
+    assert model.training  # restored after the evaluation
+    for key, value in direct.items():
+        assert saved[key] == pytest.approx(value, rel=1e-5), key
+
+    assert main(["eval-autoencoder", "--autoencoder", str(tmp_path), "--out-dir", str(tmp_path / "x")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"svg-diffusion eval-autoencoder: error: {tmp_path} ") and "config.json is missing" in line
