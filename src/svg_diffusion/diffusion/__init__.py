@@ -37,10 +37,10 @@ from .samplers import (
     sample_heun,
     time_grid,
 )
-from .transformer import DIT_SIZES, DiT, DiTConfig
+from .transformer import DIT_SIZES, DiT, DiTConfig, compile_for_sampling
 
 __all__ = [
-    "DIT_SIZES", "DiT", "DiTConfig",
+    "DIT_SIZES", "DiT", "DiTConfig", "compile_for_sampling",
     "FlowInputs", "FlowMatchingConfig", "draw_flow_inputs", "flow_matching_loss", "interpolate",
     "sample_training_time", "shift_from_public", "shift_time", "shift_to_public",
     "GuidanceConfig", "combine_guidance", "guided_velocity",
