@@ -228,8 +228,63 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="FID, precision/recall, Fréchet distance in encoder space between two image sources",
+        description="Sources: an image folder, an .npz with uint8 NHWC images under 'arr_0', fashion_mnist:test "
+                    "or fashion_mnist:train, or (FID only) an .npz of statistics 'mu' and 'sigma'. "
+                    "See docs/evaluation.md.",
+    )
+    p.add_argument("metrics", metavar="METRICS",
+                   help="comma-separated, from fid, pr (precision/recall), fd-encoder; or 'stats' to write the "
+                        "Inception statistics of --real to --out ('is' explains why there is no Inception Score)")
+    p.add_argument("--real", required=True, help="the reference images (or statistics)")
+    p.add_argument("--fake", default=None, help="the generated images (or statistics)")
+    p.add_argument("--out", default=None, help="stats: the .npz to write")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of 'name value' lines")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use the first N images of each image source (a statistics file is used whole)")
+    p.add_argument("--image-size", type=int, default=32, help="image size of fashion_mnist:<split> sources")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--k", type=int, default=3, help="pr: neighbours that set each point's radius")
+    p.add_argument("--encoder", default=None, help="fd-encoder: encoder name or folder; default the shipped demo encoder")
+    p.add_argument("--weights", default=None, help="fd-encoder: weights file for a named encoder")
+    p.add_argument("--layer", type=int, default=None, help="fd-encoder: take this block's output (1-based)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write cached Inception features")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache folder (default $SVG_DIFFUSION_CACHE or ~/.cache/svg_diffusion)")
+
+    def run(args: argparse.Namespace) -> None:
+        import json
+
+        from .evaluation import evaluate, write_stats
+
+        common = dict(image_size=args.image_size, limit=args.limit, batch_size=args.batch_size,
+                      device=None if args.device == "auto" else args.device, cache=not args.no_cache,
+                      cache_dir=args.cache_dir)
+        if args.metrics == "stats":
+            if args.out is None:
+                raise SVGError("stats needs --out FILE.npz")
+            stats = write_stats(args.real, args.out, **common)
+            print(f"wrote {args.out}: Inception statistics of {stats.count} images of {args.real}")
+            return
+        if args.fake is None:
+            raise SVGError(f"{args.metrics} needs --fake (the generated images)")
+        result = evaluate(args.metrics, args.real, args.fake, k=args.k, encoder=args.encoder, weights=args.weights,
+                          layer=args.layer, **common)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for name, value in result.items():
+                print(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")
+
+    p.set_defaults(handler=run)
+
+
+
 COMMANDS = [add_demo, add_encode, add_encoders, add_train_autoencoder, add_eval_autoencoder, add_convert_official,
-            add_train, add_cache_latents, add_latent_stats, add_sample]
+            add_train, add_cache_latents, add_latent_stats, add_sample, add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,10 @@
 fixed linear-probe / k-NN protocol for frozen features. docs/evaluation.md explains the conventions.
 """
 
+from .evaluate import evaluate, fd_encoder, source_precision_recall, write_stats
+from .feature_cache import FeatureCache, default_cache_dir, inception_cache_key
 from .features import extract_features, pool_features
-from .fid import FeatureStats, default_cache_dir, fid, fid_stats, frechet_distance, source_features
+from .fid import FeatureStats, features_and_stats, fid, fid_stats, frechet_distance, source_features
 from .image_metrics import psnr, ssim
 from .inception import FEATURE_DIM, INCEPTION_SIZE, InceptionFeatures, inception_weights_path
 from .precision_recall import precision_recall
@@ -12,16 +14,21 @@ from .sources import ImageFiles, TensorImages, open_image_source
 
 __all__ = [
     "FEATURE_DIM",
+    "FeatureCache",
     "FeatureStats",
     "INCEPTION_SIZE",
     "ImageFiles",
     "InceptionFeatures",
     "TensorImages",
     "default_cache_dir",
+    "evaluate",
     "extract_features",
+    "fd_encoder",
+    "features_and_stats",
     "fid",
     "fid_stats",
     "frechet_distance",
+    "inception_cache_key",
     "inception_weights_path",
     "knn_accuracy",
     "linear_probe",
@@ -31,6 +38,8 @@ __all__ = [
     "probe_features",
     "psnr",
     "source_features",
+    "source_precision_recall",
     "ssim",
     "standardize",
+    "write_stats",
 ]

@@ -3,40 +3,43 @@
     FD = |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))
 
 Everything after feature extraction is float64: with fewer samples than the 2048 feature dims the covariances
-are singular, and float32 statistics move FID by about 1%.
+are singular, and float32 statistics move FID by about 1%. Covariances are unbiased (divided by N - 1), as in
+pytorch-fid, ADM's evaluator and StyleGAN3.
 
-The trace term is computed as tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)) = sum of the square roots of the eigenvalues
-of a symmetric positive semi-definite matrix. It equals tr(sqrtm(S_a S_b)) exactly in exact arithmetic
-(the two matrices are similar), but needs no non-symmetric ``scipy.linalg.sqrtm``: there are no spurious
-imaginary parts to discard and no epsilon to add to singular covariances, and round-off that makes an
-eigenvalue slightly negative is clipped to zero. tests/test_evaluation_fid.py checks it against the
-``scipy.linalg.sqrtm`` formula of pytorch-fid / ADM.
+The trace term: with a factor F of S_a (S_a = F F^T, F [D, r], r = rank of S_a), the matrix F^T S_b F
+[r, r] is symmetric positive semi-definite and has the same non-zero eigenvalues as S_a S_b, so
+tr((S_a S_b)^(1/2)) = sum of the square roots of its eigenvalues. F comes from LAPACK's pivoted Cholesky
+(``dpstrf``), which stops at the numerical rank. Compared with ``scipy.linalg.sqrtm(S_a @ S_b)`` (pytorch-fid,
+ADM) this has no non-symmetric square root, no spurious imaginary parts and no epsilon for singular
+covariances; FD(X, X) is 0 to round-off. It is also faster: no eigenvectors are computed, and with N < D
+samples the eigenproblem shrinks to r <= N - 1 (measured on 2 busy cores at D = 2048: 0.9 s instead of 21 s
+for the eigh-based formula at N = 150, 11 s instead of 28 s at N = 3000).
+tests/test_evaluation_metrics.py checks it against the float64 ``scipy.linalg.sqrtm`` formula.
 
-Sources (see ``sources.py``) are folders, ``.npz`` images (``arr_0``), tensors, datasets and the named splits
-``fashion_mnist:train|test``; an ``.npz`` with ``mu`` and ``sigma`` is used as precomputed statistics.
-Inception features of a named split are cached on disk under ``<cache_dir>/inception/``, keyed by split,
-image size and image count, because the reference side of FID is recomputed for every evaluation otherwise.
+Sources are anything ``sources.open_image_source`` takes, plus ``FeatureStats`` objects and ``.npz`` files
+with ``mu`` and ``sigma`` (used as they are). The Inception features of sources named by a string (dataset
+split, folder, ``.npz`` of images) are cached on disk (``feature_cache``) unless ``cache=False``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from ..errors import SVGError
-from ..utils.files import atomic_path
-from .features import FeatureFn, Pooling, extract_features
+from .feature_cache import FeatureCache, inception_cache_key
+from .features import FeatureFn, extract_features
 from .inception import InceptionFeatures
-from .sources import dataset_split_name, is_stats_file, open_image_source
+from .sources import describe_source, is_named_source, is_stats_file, open_image_source, open_npz, save_npz
 
 
 @dataclass(frozen=True)
 class FeatureStats:
-    """Mean [D] and covariance [D, D] (float64, unbiased) of ``count`` feature vectors."""
+    """Mean [D] and covariance [D, D] (float64, unbiased) of ``count`` feature vectors (-1: not recorded)."""
 
     mu: np.ndarray
     sigma: np.ndarray
@@ -49,53 +52,52 @@ class FeatureStats:
             raise SVGError(f"statistics need features [N >= 2, D], got shape {feats.shape}")
         return cls(mu=feats.mean(0), sigma=np.cov(feats, rowvar=False), count=len(feats))
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path) -> Path:
         """Write ``mu``, ``sigma`` and ``count`` to an ``.npz`` (atomically); it can be given as a FID source."""
-        _atomic_savez(Path(path), mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
+        return save_npz(path, mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":
-        with np.load(path, allow_pickle=False) as data:
+        """Statistics from an ``.npz`` with ``mu`` and ``sigma`` (ours, pytorch-fid's or ADM's reference batches)."""
+        with open_npz(path) as data:
+            if "mu" not in data.files or "sigma" not in data.files:
+                raise SVGError(f"{path}: statistics need arrays 'mu' and 'sigma', found {data.files}")
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-            count = int(data["count"]) if "count" in data.files else -1  # -1: not recorded (foreign file)
+            count = int(data["count"]) if "count" in data.files else -1
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
             raise SVGError(f"{path}: 'mu' {mu.shape} and 'sigma' {sigma.shape} are not [D] and [D, D]")
         return cls(mu=mu, sigma=sigma, count=count)
 
 
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix (round-off negatives clipped)."""
-    eigvals, eigvecs = np.linalg.eigh(matrix)
-    return (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
+def _psd_factor(matrix: np.ndarray) -> np.ndarray:
+    """F [D, r] with F F^T = ``matrix`` (symmetric PSD) to round-off, r its numerical rank (pivoted Cholesky)."""
+    if not np.isfinite(matrix).all():
+        raise SVGError("the covariance matrix is not finite (features with NaN or inf?)")
+    factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(matrix, lower=1)
+    if info < 0:
+        raise SVGError(f"pivoted Cholesky failed on the covariance matrix (LAPACK dpstrf info {info})")
+    lower = np.tril(factor)[:, :rank]
+    unpermuted = np.empty_like(lower)
+    unpermuted[pivots - 1] = lower  # dpstrf factors P^T A P = L L^T; rows of P L are rows of L, permuted
+    return unpermuted
 
 
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     """Fréchet distance between the Gaussians fitted to two feature sets (float64; see the module docstring)."""
     if a.mu.shape != b.mu.shape:
         raise SVGError(f"cannot compare statistics of {a.mu.shape[0]}-d and {b.mu.shape[0]}-d features")
-    sqrt_a = _psd_sqrt(a.sigma)
-    middle = sqrt_a @ b.sigma @ sqrt_a
+    factor = _psd_factor(a.sigma)
+    middle = factor.T @ b.sigma @ factor
     trace_sqrt_product = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
     diff = a.mu - b.mu
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * trace_sqrt_product)
 
 
-def default_cache_dir() -> Path:
-    """``$SVG_DIFFUSION_CACHE`` or ``~/.cache/svg_diffusion``."""
-    return Path(os.environ.get("SVG_DIFFUSION_CACHE", Path.home() / ".cache" / "svg_diffusion"))
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    # Through a file handle: given a path, np.savez would append ".npz" to the temporary name.
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def source_features(
+def features_and_stats(
     source,
     feature_fn: FeatureFn | None = None,
     *,
-    mode: Pooling = "pooled",
+    need_features: bool = True,
     image_size: int = 32,
     limit: int | None = None,
     batch_size: int = 64,
@@ -103,48 +105,60 @@ def source_features(
     cache: bool = True,
     cache_dir: str | Path | None = None,
     progress: bool | None = None,
-) -> torch.Tensor:
-    """Features [N, D] float32 of an image source: Inception pool features by default, else ``feature_fn``'s.
+) -> tuple[torch.Tensor | None, FeatureStats]:
+    """(features [N, D] float32 or None, their ``FeatureStats``) of a source.
 
-    ``image_size`` applies to named splits, ``limit`` (the first N images) to every source. Inception features
-    of a named split are read from / written to the cache unless ``cache=False``.
+    A ``FeatureStats`` object or an ``.npz`` statistics file gives (None, those statistics) when
+    ``need_features`` is False, and an SVGError otherwise. Features are Inception pool features by default, else ``feature_fn``'s output mean-pooled over positions
+    (``features.pool_features``). ``image_size`` applies to dataset splits, ``limit`` (the first N images) to
+    every source. With ``cache``, Inception features of a source named by a string are read from, or written
+    to, the cache in ``cache_dir`` (default ``feature_cache.default_cache_dir()``). ``need_features=False``
+    reads only the statistics from a cache entry (features are then None).
     """
+    if isinstance(source, FeatureStats) or is_stats_file(source):
+        if need_features:
+            raise SVGError(f"features are needed, but {describe_source(source)} holds only FID statistics")
+        return None, source if isinstance(source, FeatureStats) else FeatureStats.load(source)
     dataset = open_image_source(source, image_size, limit)
-    cache_path = None
-    split = dataset_split_name(source)
-    if cache and split is not None and (feature_fn is None or isinstance(feature_fn, InceptionFeatures)):
-        directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        cache_path = directory / "inception" / f"fashion_mnist-{split}_{image_size}px_{len(dataset)}.npz"
-        if cache_path.is_file():
-            with np.load(cache_path, allow_pickle=False) as data:
-                return torch.from_numpy(data["features"])
+    use_cache = cache and is_named_source(source) and (feature_fn is None or isinstance(feature_fn, InceptionFeatures))
+    if use_cache:
+        store, key = FeatureCache(cache_dir), inception_cache_key(dataset, progress)
+        names = ("features", "mu", "sigma", "count") if need_features else ("mu", "sigma", "count")
+        entry = store.load(key, names)
+        if entry is not None:
+            features = torch.from_numpy(entry["features"]) if need_features else None
+            return features, FeatureStats(mu=entry["mu"], sigma=entry["sigma"], count=int(entry["count"]))
     if feature_fn is None:
         feature_fn = InceptionFeatures().to(device)
     features, _ = extract_features(
-        feature_fn, dataset, mode=mode, batch_size=batch_size, device=device, desc="features", progress=progress
+        feature_fn, dataset, batch_size=batch_size, device=device, desc=f"features of {describe_source(source)}",
+        progress=progress,
     )
-    if cache_path is not None:
-        _atomic_savez(cache_path, features=features.numpy())
-    return features
+    stats = FeatureStats.from_features(features)
+    if use_cache:
+        store.save(key, features=features.numpy(), mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count),
+                   source=np.array(describe_source(source)))
+    return features, stats
+
+
+def source_features(source, feature_fn: FeatureFn | None = None, **kwargs) -> torch.Tensor:
+    """Features [N, D] float32 of an image source; keyword arguments are those of ``features_and_stats``."""
+    return features_and_stats(source, feature_fn, **kwargs)[0]
 
 
 def fid_stats(source, feature_fn: FeatureFn | None = None, **kwargs) -> FeatureStats:
     """``FeatureStats`` of a source; ``FeatureStats`` objects and ``.npz`` statistics files are used as they are.
 
-    Keyword arguments are those of ``source_features``.
+    Keyword arguments are those of ``features_and_stats``.
     """
-    if isinstance(source, FeatureStats):
-        return source
-    if is_stats_file(source):
-        return FeatureStats.load(source)
-    return FeatureStats.from_features(source_features(source, feature_fn, **kwargs))
+    return features_and_stats(source, feature_fn, need_features=False, **kwargs)[1]
 
 
 def fid(real, fake, feature_fn: FeatureFn | None = None, **kwargs) -> float:
-    """FID between two sources (anything ``fid_stats`` takes). With ``feature_fn`` (e.g. a frozen DINO encoder,
-    whose output is mean-pooled), the same Fréchet distance in that feature space instead of Inception's.
+    """FID between two sources (anything ``fid_stats`` takes), e.g. ``fid("fashion_mnist:test", samples)``.
 
-    Keyword arguments are those of ``source_features``.
+    With ``feature_fn`` (e.g. a frozen encoder, whose output is mean-pooled) it is the same Fréchet distance in
+    that feature space instead of Inception's. Keyword arguments are those of ``features_and_stats``.
     """
     if feature_fn is None:  # one network for both sides
         feature_fn = InceptionFeatures().to(kwargs.get("device", "cpu"))

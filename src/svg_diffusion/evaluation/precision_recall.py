@@ -47,6 +47,8 @@ def precision_recall(
     real, fake = real_features.float(), fake_features.float()
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
         raise SVGError(f"precision/recall need features [N, D] of one D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if k < 1:
+        raise SVGError(f"precision/recall need k >= 1 neighbours, got {k}")
     if min(len(real), len(fake)) <= k:
         raise SVGError(f"precision/recall with k={k} need more than {k} samples per set, got {len(real)} and {len(fake)}")
     real_radii = _kth_neighbour_radii(real, k, block)

