@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from svg_diffusion.autoencoder import SVGAutoencoder
 from svg_diffusion.autoencoder.train import AutoencoderTrainConfig, train_autoencoder
 from svg_diffusion.cli import main
-from svg_diffusion.config import ConfigError, from_dict
+from svg_diffusion.config import ConfigError, from_dict, load_config
 from svg_diffusion.data import FashionMNIST
+from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction
 from svg_diffusion.training import checkpoint_path, list_checkpoints, load_checkpoint, read_records
@@ -43,6 +44,7 @@ TINY = {
     "optimizer": {"lr": 1e-4},
     "preview_images": 4,
 }
+REPO = Path(__file__).resolve().parents[1]
 GAN_METRICS = ("loss", "rec_loss", "l1_loss", "lpips_loss", "gan_loss", "gan_weight", "disc_loss")
 
 
@@ -164,6 +166,19 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"optimizer: betas must be in \[0, 1\)"):
         from_dict(AutoencoderTrainConfig, {**TINY, "engine": {**TINY["engine"], "out_dir": "x"},
                                            "optimizer": {"betas": [0.5, 1.5]}})
+
+
+@pytest.mark.parametrize("name, encoder", [("demo", "demo"), ("imagenet", "dinov3_vits16plus")])
+def test_shipped_configs_fit_their_encoders(name, encoder):
+    config = load_config(AutoencoderTrainConfig, REPO / "configs" / name / "autoencoder.yaml")
+    with torch.device("meta"):  # shapes only: no memory, no initialization time
+        model = SVGAutoencoder(config.model, FrozenEncoder(VisionTransformer(get_config(encoder))))
+    assert model.latent_channels == config.model.decoder.z_channels
+    if name == "imagenet":  # the paper's model: 392 x 16 x 16 latents, ~11M residual and ~43M decoder parameters
+        assert (model.latent_channels, model.latent_size) == (392, 16)
+        millions = {part: sum(p.numel() for p in getattr(model, part).parameters()) / 1e6 for part in ("residual", "decoder")}
+        assert 10.5 < millions["residual"] < 12 and 41 < millions["decoder"] < 45, millions
+        assert config.engine.global_batch_size == 512 and config.optimizer.betas == (0.5, 0.9)
 
 
 # ---------------------------------------------------------------------------------------- two processes

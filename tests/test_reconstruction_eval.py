@@ -83,7 +83,7 @@ def test_eval_command_on_a_saved_autoencoder(dataset, tmp_path, capsys, monkeypa
     assert format_metrics_table({str(tmp_path / "ae"): saved}) in printed
     assert (tmp_path / "eval" / "reconstruction.png").is_file()
     # The command takes the originals' Inception statistics from the cache; the direct call computes them.
-    assert list((tmp_path / "cache" / "inception").iterdir())
+    assert any(path.is_file() for path in (tmp_path / "cache").rglob("*"))
     direct = evaluate_reconstruction(model, dataset, batch_size=4)
     assert model.training  # restored after the evaluation
     for key, value in direct.items():
