@@ -4,6 +4,8 @@
     model = SVGAutoencoder.from_config(AutoencoderConfig(...))        # or SVGAutoencoder(config, encoder)
     latent = model.encode(images)                                     # [B, C_enc + C_res, h, w]
     recon = model.decode(latent).clamp(-1, 1)
+
+Training: ``svg_diffusion.autoencoder.train`` (``train_autoencoder``; the train-autoencoder command).
 """
 
 from .alignment import ALIGNMENT_MODES, DistributionAlignment, scalar_statistics
