@@ -228,6 +228,54 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def add_pretrain_encoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain-encoder", help="self-supervised (DINO/iBOT) pretraining of a ViT encoder")
+    p.add_argument("--config", required=True, help="YAML file (see configs/demo/pretrain_encoder.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in engine.out_dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set engine.max_steps=100 (repeatable)")
+    p.add_argument("--export", metavar="CHECKPOINT", default=None,
+                   help="do not train: export the teacher of this training checkpoint to export_dir")
+
+    def run(args: argparse.Namespace) -> None:
+        from .config import load_config
+        from .encoders.pretrain import PretrainEncoderConfig, export_checkpoint, pretrain_encoder
+
+        config = load_config(PretrainEncoderConfig, args.config, args.overrides)
+        if args.export:
+            print(export_checkpoint(args.export, config.export_path))
+        else:
+            _print_on_rank_0(pretrain_encoder(config, resume=args.resume))
+
+    p.set_defaults(handler=run)
+
+
+def add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="linear-probe and k-NN accuracy of frozen encoder features (fixed protocol)")
+    p.add_argument("--encoder", action="append", required=True,
+                   help="encoder name (random weights), folder, or 'pixels' (raw-pixel baseline); repeatable")
+    p.add_argument("--weights", default=None, help="weights for a single --encoder (as `encode`)")
+    p.add_argument("--layer", type=int, default=None, help="take the output of this block (1-based)")
+    p.add_argument("--data", default="fashion_mnist", help="'fashion_mnist' or a labelled image folder")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--train", type=int, default=10000, help="first N images of the train split (0: all)")
+    p.add_argument("--test", type=int, default=10000, help="first N images of the test split (0: all)")
+    p.add_argument("--features", nargs="+", choices=["pooled", "patch"], default=["pooled", "patch"],
+                   help="pooled: [CLS, mean patch token]; patch: the flattened patch-token map")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default=None, help="also write the rows to this JSON file")
+
+    def run(args: argparse.Namespace) -> None:
+        from .evaluation.probe import format_probe_table, probe_encoders
+
+        rows = probe_encoders(args.encoder, weights=args.weights, layer=args.layer, data=args.data,
+                              image_size=args.image_size, num_train=args.train or None, num_test=args.test or None,
+                              modes=tuple(args.features), batch_size=args.batch_size, out=args.out)
+        print(format_probe_table(rows))
+
+    p.set_defaults(handler=run)
+
+
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="FID, precision/recall, Fréchet distance in encoder space between two image sources",
@@ -282,9 +330,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-
 COMMANDS = [add_demo, add_encode, add_encoders, add_train_autoencoder, add_eval_autoencoder, add_convert_official,
-            add_train, add_cache_latents, add_latent_stats, add_sample, add_evaluate]
+            add_train, add_cache_latents, add_latent_stats, add_sample,
+            add_pretrain_encoder, add_probe, add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..encoders import FrozenEncoder
 from ..errors import SVGError
 
 FeatureFn = Callable[[torch.Tensor], "torch.Tensor | dict[str, torch.Tensor]"]
@@ -65,12 +66,42 @@ def extract_features(
     The dataset yields (image in [-1, 1], label). The order is the dataset's, with no randomness, so results
     depend only on the data and the model. ``progress=None`` shows a bar only on a terminal.
     """
+    features, labels = extract_pooled_features(feature_fn, dataset, modes=(mode,), batch_size=batch_size,
+                                               device=device, desc=desc, progress=progress)
+    return features[mode], labels
+
+
+@torch.no_grad()
+def extract_pooled_features(
+    feature_fn: FeatureFn,
+    dataset: Dataset,
+    *,
+    modes: tuple[Pooling, ...] = ("pooled", "patch"),
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    desc: str = "features",
+    progress: bool | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``extract_features`` for several poolings from ONE pass over the data: ({mode: [N, D_mode]}, labels [N])."""
     if len(dataset) == 0:
         raise SVGError(f"{desc}: the dataset is empty")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    features, labels = [], []
+    features: dict[str, list[torch.Tensor]] = {mode: [] for mode in modes}
+    labels = []
     for images, batch_labels in tqdm(loader, desc=desc, disable=None if progress is None else not progress):
         output = feature_fn(images.to(device))
-        features.append(pool_features(output, mode).float().cpu())
+        for mode in modes:
+            features[mode].append(pool_features(output, mode).float().cpu())
         labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
-    return torch.cat(features), torch.cat(labels)
+    return {mode: torch.cat(chunks) for mode, chunks in features.items()}, torch.cat(labels)
+
+
+def encoder_tokens(encoder: FrozenEncoder) -> FeatureFn:
+    """A feature function giving a frozen encoder's class AND patch tokens (the encoder itself gives only the
+    patch map), so ``"pooled"`` is DINO's [CLS, mean of patch tokens]."""
+
+    def tokens(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return encoder.vit.forward_features(images * encoder.scale + encoder.shift, layer=encoder.layer)
+
+    return tokens

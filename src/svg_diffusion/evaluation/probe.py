@@ -19,20 +19,30 @@ Both return top-1 accuracy as a fraction in [0, 1]. Cost on 2 CPU cores for 10k 
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..data import DataConfig, build_dataset
+from ..encoders import load_encoder
 from ..errors import SVGError
-from .features import FeatureFn, Pooling, extract_features
+from ..utils.files import atomic_path
+from .features import FeatureFn, Pooling, encoder_tokens, extract_features, extract_pooled_features
 
 PROBE_L2 = 1e-4
 PROBE_MAX_ITER = 1000
 PROBE_GRAD_TOLERANCE = 1e-6
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
+PROTOCOL = {"standardize": "train mean/std", "linear": "multinomial logistic regression, full-batch L-BFGS",
+            "l2": PROBE_L2, "max_iter": PROBE_MAX_ITER, "grad_tolerance": PROBE_GRAD_TOLERANCE,
+            "knn_k": KNN_K, "knn_temperature": KNN_TEMPERATURE, "knn_similarity": "cosine"}
+PIXELS = "pixels"  # the raw-pixel baseline of `probe_encoders`
+MODE_NAMES = {"pooled": "CLS + mean patch", "patch": "patch map", "pixels": "flattened image"}
 
 
 def _check_split(features: torch.Tensor, labels: torch.Tensor, name: str) -> None:
@@ -108,6 +118,21 @@ def knn_accuracy(
     return correct / len(test_x)
 
 
+def evaluate_features(
+    train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor
+) -> dict[str, float]:
+    """Both evaluations of extracted features: ``{"linear_top1", "knn_top1", "dim", "num_train", "num_test"}``."""
+    if (train_labels < 0).any():
+        raise SVGError("the probe needs a labelled train set (labels >= 0)")
+    return {
+        "linear_top1": linear_probe(train_feats, train_labels, test_feats, test_labels),
+        "knn_top1": knn_accuracy(train_feats, train_labels, test_feats, test_labels),
+        "dim": train_feats.shape[1],
+        "num_train": len(train_feats),
+        "num_test": len(test_feats),
+    }
+
+
 def probe_features(
     feature_fn: FeatureFn,
     train_set: Dataset,
@@ -126,12 +151,75 @@ def probe_features(
     common = dict(mode=mode, batch_size=batch_size, device=device, progress=progress)
     train_feats, train_labels = extract_features(feature_fn, train_set, desc="train features", **common)
     test_feats, test_labels = extract_features(feature_fn, test_set, desc="test features", **common)
-    if (train_labels < 0).any():
-        raise SVGError("the probe needs a labelled train set (labels >= 0)")
-    return {
-        "linear_top1": linear_probe(train_feats, train_labels, test_feats, test_labels),
-        "knn_top1": knn_accuracy(train_feats, train_labels, test_feats, test_labels),
-        "dim": train_feats.shape[1],
-        "num_train": len(train_feats),
-        "num_test": len(test_feats),
-    }
+    return evaluate_features(train_feats, train_labels, test_feats, test_labels)
+
+
+def probe_encoders(
+    encoders: list[str],
+    *,
+    weights: str | None = None,
+    layer: int | None = None,
+    data: str = "fashion_mnist",
+    image_size: int = 32,
+    num_train: int | None = 10000,
+    num_test: int | None = 10000,
+    modes: tuple[Pooling, ...] = ("pooled", "patch"),
+    batch_size: int = 256,
+    labels: list[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Probe frozen encoders (and raw pixels) on the same labelled splits with the fixed protocol.
+
+    ``encoders``: names (``svg-diffusion encoders``; without weights: a random initialization), encoder
+    folders, or ``"pixels"`` (the flattened image: one "patch"-mode row, as pooling pixels means nothing).
+    ``weights``/``layer``: as ``load_encoder``; ``weights`` only with a single encoder. ``data``:
+    "fashion_mnist" or a labelled image folder; train rows are the first ``num_train`` images of the train
+    split, test rows the first ``num_test`` of the test split (None: all). ``modes``: "pooled" is
+    [CLS, mean of patch tokens], "patch" the flattened patch-token map. ``labels``: row names (default:
+    the encoder strings). Writes ``out`` (JSON) when given; returns one dict per row.
+    """
+    if weights is not None and len(encoders) != 1:
+        raise SVGError("--weights needs exactly one --encoder")
+    if labels is not None and len(labels) != len(encoders):
+        raise SVGError(f"{len(labels)} labels for {len(encoders)} encoders")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if data == "fashion_mnist":
+        configs = {split: DataConfig(source="fashion_mnist", image_size=image_size, limit=limit)
+                   for split, limit in (("train", num_train), ("test", num_test))}
+    else:
+        configs = {split: DataConfig(source="image_folder", root=data, image_size=image_size, limit=limit)
+                   for split, limit in (("train", num_train), ("test", num_test))}
+    splits = {split: build_dataset(cfg, split, progress=bool(progress)) for split, cfg in configs.items()}
+
+    rows = []
+    for encoder, label in zip(encoders, labels or encoders):
+        if encoder == PIXELS:
+            feature_fn, row_modes = (lambda images: images), ("patch",)
+        else:
+            frozen = load_encoder(encoder, weights=weights, layer=layer).to(device)
+            frozen.vit.check_input_size(image_size, image_size)
+            feature_fn, row_modes = encoder_tokens(frozen), modes
+        extracted = {
+            split: extract_pooled_features(feature_fn, dataset, modes=row_modes, batch_size=batch_size, device=device,
+                                           desc=f"{label} {split}", progress=progress)
+            for split, dataset in splits.items()
+        }
+        (train_feats, train_labels), (test_feats, test_labels) = extracted["train"], extracted["test"]
+        for mode in row_modes:
+            result = evaluate_features(train_feats[mode], train_labels, test_feats[mode], test_labels)
+            rows.append({"features": label, "mode": "pixels" if encoder == PIXELS else mode, **result})
+    if out is not None:
+        report = {"protocol": PROTOCOL, "data": data, "image_size": image_size, "rows": rows}
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return rows
+
+
+def format_probe_table(rows: list[dict]) -> str:
+    """A Markdown table of ``probe_encoders`` rows (accuracies in percent)."""
+    lines = ["| features | pooling | dim | linear probe | k-NN (k=20) |", "|---|---|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['features']} | {MODE_NAMES[row['mode']]} | {row['dim']} | "
+                     f"{100 * row['linear_top1']:.1f}% | {100 * row['knn_top1']:.1f}% |")
+    return "\n".join(lines)
