@@ -33,6 +33,7 @@ from svg_diffusion.encoders.pretrain import (
     pretrain_encoder,
 )
 from svg_diffusion.training import Engine, checkpoint_path, load_checkpoint, read_records
+from test_engine_distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,29 +196,38 @@ def test_shipped_configs_load():
 
 # -------------------------------------------------------------------------------- two processes (slow)
 
-DISTRIBUTED_STEPS = 3
+# The comparison starts from a checkpoint after a few steps: at initialization every image gives nearly the
+# same class token: the head's BatchNorm amplifies float rounding (a mere permutation of the batch
+# changes some gradients by 10%) and KoLeo's nearest neighbours are near ties, so the first steps of two
+# mathematically equal runs drift apart.
+WARM_STEPS, DISTRIBUTED_STEPS = 30, 32
 
 
 def _distributed_config(out_dir) -> PretrainEncoderConfig:
-    return tiny_config(out_dir, engine=dict(max_steps=DISTRIBUTED_STEPS, checkpoint_every=DISTRIBUTED_STEPS))
+    return tiny_config(out_dir, engine=dict(max_steps=DISTRIBUTED_STEPS, checkpoint_every=WARM_STEPS))
 
 
 @pytest.mark.slow
 def test_two_processes_compute_what_one_process_computes(fmnist_dir, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-               __file__, str(tmp_path / "two")]
+    one, two = tmp_path / "one", tmp_path / "two"
+    pretrain_encoder(_distributed_config(one))
+    shutil.copytree(one, two)
+    checkpoint_path(two, DISTRIBUTED_STEPS).unlink()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               __file__, str(two)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO / "tests",
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    pretrain_encoder(_distributed_config(tmp_path / "one"))
-    one = load_checkpoint(checkpoint_path(tmp_path / "one", DISTRIBUTED_STEPS))
-    two = load_checkpoint(checkpoint_path(tmp_path / "two", DISTRIBUTED_STEPS))
-    for key, value in one["modules"]["student"].items():
-        torch.testing.assert_close(two["modules"]["student"][key], value, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(two["trainer"]["center"], one["trainer"]["center"], atol=1e-5, rtol=1e-4)
-    losses = [[r["loss"] for r in read_records(tmp_path / run / "metrics.jsonl")] for run in ("one", "two")]
-    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+    single = load_checkpoint(checkpoint_path(one, DISTRIBUTED_STEPS))
+    double = load_checkpoint(checkpoint_path(two, DISTRIBUTED_STEPS))
+    for key, value in single["modules"]["student"].items():
+        torch.testing.assert_close(double["modules"]["student"][key], value, atol=2e-5, rtol=1e-3, msg=key)
+    for name in ("center", "patch_center"):
+        torch.testing.assert_close(double["trainer"][name], single["trainer"][name], atol=1e-5, rtol=1e-4)
+    records = [read_records(run / "metrics.jsonl")[-DISTRIBUTED_STEPS + WARM_STEPS:] for run in (one, two)]
+    for name in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
+        assert [r[name] for r in records[0]] == pytest.approx([r[name] for r in records[1]], rel=1e-3), name
 
 
-if __name__ == "__main__":  # a rank of the two-process test
-    pretrain_encoder(_distributed_config(sys.argv[1]))
+if __name__ == "__main__":  # a rank of the two-process test: resume the copied run
+    pretrain_encoder(_distributed_config(sys.argv[1]), resume=True)

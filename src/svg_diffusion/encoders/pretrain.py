@@ -39,7 +39,6 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_autograd
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -311,8 +310,10 @@ class GlobalBatchNorm(nn.Module):
     """BatchNorm over rows [M, D] of ALL processes (statistics all-reduced with gradients), batch stats only.
 
     Ranks may hold different numbers of rows (masked patches), so sums and counts are reduced, not means:
-    one process computes exactly what N processes compute together. No running statistics: the head that
-    uses it is thrown away after pretraining.
+    one process computes what N processes compute together. The variance is the mean squared deviation
+    from the global mean (two reductions): E[x^2] - E[x]^2 would cancel catastrophically at initialization,
+    when all images give nearly the same class token. No running statistics: the head that uses it is
+    thrown away after pretraining.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5):
@@ -323,14 +324,51 @@ class GlobalBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()
-        stats = torch.cat([x32.sum(0), x32.pow(2).sum(0), x32.new_full((1,), x.shape[0])])
-        if _world_size() > 1:
-            stats = dist_autograd.all_reduce(stats)
-        dim = x.shape[1]
-        count = stats[-1].clamp(min=1)
-        mean, mean_square = stats[:dim] / count, stats[dim : 2 * dim] / count
-        variance = (mean_square - mean.pow(2)).clamp(min=0)
-        return ((x32 - mean) * torch.rsqrt(variance + self.eps) * self.weight + self.bias).to(x.dtype)
+        sums = _all_reduce_sum(torch.cat([x32.sum(0), x32.new_full((1,), x.shape[0])]))
+        count = sums[-1].clamp(min=1)
+        centred = x32 - sums[:-1] / count
+        variance = _all_reduce_sum(centred.pow(2).sum(0)) / count
+        return (centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias).to(x.dtype)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over processes of x; every process's loss depends on y, so dx = sum over processes of dy."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Every process's rows (equal counts), concatenated in rank order; the gradient of a process's own
+    rows is the sum of the gradients every process sends them (one all-reduce: gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor) -> Tensor:
+        gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, rows.contiguous())
+        ctx.rows = rows.shape[0]
+        return torch.cat(gathered)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        start = dist.get_rank() * ctx.rows
+        return total[start : start + ctx.rows]
+
+
+def _all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum over processes, with gradients flowing back to every process."""
+    return _AllReduceSum.apply(tensor) if _world_size() > 1 else tensor
 
 
 class ProjectionHead(nn.Module):
@@ -347,15 +385,17 @@ class ProjectionHead(nn.Module):
         widths = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
         mlp: list[nn.Module] = []
         for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
-            mlp.append(nn.Linear(width_in, width_out))
-            if i < layers - 1:
+            hidden = i < layers - 1
+            mlp.append(nn.Linear(width_in, width_out, bias=not (hidden and batchnorm)))  # BatchNorm removes a bias
+            if hidden:
                 mlp += [GlobalBatchNorm(width_out), nn.GELU()] if batchnorm else [nn.GELU()]
         self.mlp = nn.Sequential(*mlp)
         self.prototypes = nn.Parameter(torch.empty(prototypes, bottleneck_dim))
         for module in self.mlp:
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.prototypes, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -426,7 +466,7 @@ def koleo_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
     """
     x = F.normalize(features.float(), dim=-1)
     world = _world_size()
-    everyone = torch.cat(dist_autograd.all_gather(x)) if world > 1 else x
+    everyone = _AllGatherRows.apply(x) if world > 1 else x
     own = torch.arange(len(x), device=x.device) + (dist.get_rank() * len(x) if world > 1 else 0)
     with torch.no_grad():
         similarity = x @ everyone.T
