@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from svg_diffusion.cli import main
-from svg_diffusion.config import ConfigError, from_dict, load_config
+from svg_diffusion.config import ConfigError, from_dict, load_config, save_config
 from svg_diffusion.data import FashionMNIST
 from svg_diffusion.encoders import FrozenEncoder, load_encoder
 from svg_diffusion.encoders.pretrain import (
@@ -29,7 +29,6 @@ from svg_diffusion.encoders.pretrain import (
     PretrainEncoderConfig,
     blob_masks,
     cosine,
-    export_checkpoint,
     pretrain_encoder,
 )
 from svg_diffusion.training import Engine, checkpoint_path, load_checkpoint, read_records
@@ -111,10 +110,12 @@ def test_resume_is_exact(fmnist_dir, tmp_path):
         r["loss"] for r in read_records(straight / "metrics.jsonl")]
 
 
-def test_exported_teacher_loads_with_load_encoder_and_is_frozen(fmnist_dir, tmp_path):
-    cfg = tiny_config(tmp_path / "run", engine=dict(max_steps=2))
-    folder = pretrain_encoder(cfg)
-    assert folder == tmp_path / "run" / "encoder"
+def test_exported_teacher_loads_with_load_encoder_and_is_frozen(fmnist_dir, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    save_config(tiny_config(tmp_path / "run", engine=dict(max_steps=2)), config)
+    assert main(["pretrain-encoder", "--config", str(config)]) == 0
+    folder = tmp_path / "run" / "encoder"
+    assert capsys.readouterr().out.strip().endswith(str(folder))
     encoder = load_encoder(folder)
     assert isinstance(encoder, FrozenEncoder) and encoder.config.attn_impl == "sdpa"  # the named config's
     assert all(not p.requires_grad for p in encoder.parameters())
@@ -130,8 +131,13 @@ def test_exported_teacher_loads_with_load_encoder_and_is_frozen(fmnist_dir, tmp_
     features = encoder(images)
     assert features.shape == (4, 64, 8, 8) and not features.requires_grad
 
-    again = export_checkpoint(checkpoint, tmp_path / "exported")
-    assert torch.equal(load_encoder(again)(images), features)
+    # --export: a checkpoint's teacher, without training
+    exported = tmp_path / "exported"
+    assert main(["pretrain-encoder", "--config", str(config), "--export", str(checkpoint),
+                 "--set", f"export_dir={exported}"]) == 0
+    assert torch.equal(load_encoder(exported)(images), features)
+    assert main(["pretrain-encoder", "--config", str(config), "--export", str(tmp_path / "step_9.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_multicrop_views_are_crops_flips_and_functions_of_the_draws(fmnist_dir):
