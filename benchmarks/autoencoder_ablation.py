@@ -114,8 +114,9 @@ def main() -> None:
     progress = ["| model | PSNR untrained | PSNR trained | training steps/s |", "|---|---:|---:|---:|"]
     progress += [f"| {name} | {r['psnr_untrained']:.2f} | {r['psnr']:.2f} | {r['steps_per_sec']:.2f} |"
                  for name, r in results.items()]
+    critic = f"critic from step {config.loss.disc_start}" if config.loss.disc_start < steps else "L1 + LPIPS, no critic"
     setting = (f"Fashion-MNIST 32x32, {steps} steps at batch {config.engine.global_batch_size} per variant "
-               f"(`{config.engine.precision}`, critic from step {config.loss.disc_start}), metrics on the first "
+               f"(`{config.engine.precision}`, {critic}), metrics on the first "
                f"{args.eval_images} test images; {'RANDOM' if args.random_encoder else 'the pretrained'} demo encoder; "
                f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
                f"shared with other jobs. Command: `OMP_NUM_THREADS=1 python benchmarks/autoencoder_ablation.py --docs`.")
