@@ -6,8 +6,7 @@ Prints markdown tables: FID and precision/recall between the two halves of the t
 test vs uniform noise, and the time of each step on this machine. Inception features are computed in chunks
 of ``--chunk`` images, each stored in the normal feature cache as soon as it is done, so an interrupted run
 loses at most one chunk and a second run only measures the cached path. Chunks of the two test halves
-alternate, so at any time the halves done so far have the same size (``--max-minutes`` stops early and
-reports what is there).
+and of train alternate, so a run stopped early (``--max-minutes``) reports on equal-sized parts.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ def main() -> None:
     parser.add_argument("--noise", type=int, default=500, help="uniform-noise images")
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop computing new chunks after this")
+    parser.add_argument("--rounds", type=int, default=None, help="stop after this many chunks of each part")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -62,21 +62,22 @@ def main() -> None:
     inception_cache_key(open_image_source("fashion_mnist:test"))
     timings.append(("cache key of the 10k test images (decode + SHA-256 of the pixels)", f"{time.perf_counter() - tick:.2f} s"))
 
-    def out_of_time() -> bool:
-        return args.max_minutes is not None and time.perf_counter() - start_time > 60 * args.max_minutes
+    def out_of_time(round_index: int) -> bool:
+        return (args.max_minutes is not None and time.perf_counter() - start_time > 60 * args.max_minutes) or (
+            args.rounds is not None and round_index >= args.rounds)
 
+    # Chunks of the two test halves and of train alternate, so a run stopped early still has equal halves
+    # and a train set of the same size.
     half = args.test // 2
-    first, second = [], []
-    for start in range(0, half, args.chunk):  # alternate the halves
-        if out_of_time():
+    first, second, train = [], [], []
+    for round_index, start in enumerate(range(0, max(half, args.train), args.chunk)):
+        if out_of_time(round_index):
             break
-        first.append(chunk_features("test", start, args.chunk, inception, store))
-        second.append(chunk_features("test", half + start, args.chunk, inception, store))
-    train = []
-    for start in range(0, args.train, args.chunk):
-        if out_of_time():
-            break
-        train.append(chunk_features("train", start, args.chunk, inception, store))
+        if start < half:
+            first.append(chunk_features("test", start, args.chunk, inception, store))
+            second.append(chunk_features("test", half + start, args.chunk, inception, store))
+        if start < args.train:
+            train.append(chunk_features("train", start, args.chunk, inception, store))
     first, second = torch.cat(first), torch.cat(second)
     test = torch.cat([first, second])
     noise_pixels = torch.randint(0, 256, (args.noise, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

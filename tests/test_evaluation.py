@@ -266,12 +266,14 @@ def test_cli_bad_input_exit_status_from_the_shell():
 
 
 @pytest.mark.slow
-def test_fid_of_fashion_mnist_halves_at_two_thousand_images(tmp_path):
-    """The bigger check (~6 min on 2 CPU cores): 2000 vs 2000 test images, and against 500 noise images."""
+def test_fid_of_fashion_mnist_halves_at_a_thousand_images(tmp_path):
+    """The bigger check (2200 Inception passes, ~3 min on 2 idle CPU cores): 1000 vs 1000 test images."""
     inception = InceptionFeatures()
-    test, _ = features_and_stats("fashion_mnist:test", inception, limit=4000, cache_dir=tmp_path)
-    first, second = FeatureStats.from_features(test[:2000]), FeatureStats.from_features(test[2000:])
+    test, _ = features_and_stats("fashion_mnist:test", inception, limit=2000, cache_dir=tmp_path)
+    first, second = FeatureStats.from_features(test[:1000]), FeatureStats.from_features(test[1000:])
     halves = frechet_distance(first, second)
-    noise = torch.randint(0, 256, (500, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     against_noise = frechet_distance(first, features_and_stats(noise, inception)[1])
-    assert halves < 15 and against_noise > 300, (halves, against_noise)
+    assert 0 < halves < 30 and against_noise > 300, (halves, against_noise)  # measured: halves 21.9
+    precision, recall = precision_recall(test[:1000], test[1000:])
+    assert precision > 0.7 and recall > 0.7, (precision, recall)  # measured: 0.82, 0.77
