@@ -35,9 +35,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -45,8 +45,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from svg_diffusion.autoencoder import AutoencoderConfig, SVGAutoencoder
 from svg_diffusion.diffusion import (
-    DiT, DiTConfig, FlowMatchingConfig, GuidanceConfig, compile_for_sampling, draw_flow_inputs, flow_matching_loss,
-    guided_velocity, sample_euler, time_grid,
+    DiT,
+    DiTConfig,
+    FlowMatchingConfig,
+    GuidanceConfig,
+    compile_for_sampling,
+    draw_flow_inputs,
+    flow_matching_loss,
+    guided_velocity,
+    sample_euler,
+    time_grid,
 )
 from svg_diffusion.diffusion.latents import LatentStatistics, encode_latents
 from svg_diffusion.errors import SVGError
@@ -117,21 +125,21 @@ class Settings:
     timed_steps: dict[str, int]  # Euler steps per timed run; throughput is scaled to 25 steps
     train_batch: dict[str, int]
     train_iters: int  # training steps per timed run
-    reps: int  # timed runs per path, interleaved across paths
+    reps: dict[str, int]  # timed runs per path, interleaved across paths
     train_compile_sizes: tuple[str, ...]  # sizes whose ladder includes the compiled training row
 
 
 def default_settings(device: torch.device) -> Settings:
     if device.type == "cuda":
         return Settings(sample_batch={"S": 64, "XL": 32}, parity_steps={"S": 25, "XL": 25},
-                        timed_steps={"S": 25, "XL": 25}, train_batch={"S": 128, "XL": 32}, train_iters=10, reps=5,
-                        train_compile_sizes=("S", "XL"))
+                        timed_steps={"S": 25, "XL": 25}, train_batch={"S": 128, "XL": 32}, train_iters=10,
+                        reps={"S": 5, "XL": 5}, train_compile_sizes=("S", "XL"))
     # Every Euler step costs the same, so short timed runs (more of them, interleaved) average a shared
-    # machine's load better than a few long ones. XL on 2 cores takes seconds per forward: its parity run is
-    # 2 steps, and its ladder has no compiled training row (the compile takes many minutes and the fused
+    # machine's load better than a few long ones. XL on 2 cores takes seconds per forward: one-step runs,
+    # fewer repetitions, and no compiled training row (the compile takes many minutes and the fused
     # optimizer a second 5.4 GB optimizer state).
-    return Settings(sample_batch={"S": 4, "XL": 2}, parity_steps={"S": 25, "XL": 2}, timed_steps={"S": 5, "XL": 1},
-                    train_batch={"S": 8, "XL": 2}, train_iters=1, reps=5, train_compile_sizes=("S",))
+    return Settings(sample_batch={"S": 4, "XL": 2}, parity_steps={"S": 10, "XL": 1}, timed_steps={"S": 5, "XL": 1},
+                    train_batch={"S": 8, "XL": 2}, train_iters=1, reps={"S": 5, "XL": 3}, train_compile_sizes=("S",))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,20 +314,18 @@ def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak
     warmup, outputs = {}, {}  # the warm-up run (compilation included) gives the latents compared
     for path in SAMPLING_PATHS:
         print(f"  warm-up ({parity_steps} steps): {path.name}", flush=True)
-        warmup[path.name], outputs[path.name] = timed(lambda: run(path, parity_steps), device)
+        warmup[path.name], outputs[path.name] = timed(lambda path=path: run(path, parity_steps), device)
     plain = outputs[PLAIN_SAMPLING.name].float()
     diffs = {name: (out.float() - plain).abs().max().item() for name, out in outputs.items()}
-    measured, peaks = measure({p.name: lambda p=p: run(p, timed_steps) for p in SAMPLING_PATHS}, settings.reps, device)
+    measured, peaks = measure({p.name: lambda p=p: run(p, timed_steps) for p in SAMPLING_PATHS}, settings.reps[size], device)
     # Every step costs the same (CFG runs both branches throughout): scale the runs' times to 25 steps.
     measured = {name: [t * SAMPLING_STEPS / timed_steps for t in ts] for name, ts in measured.items()}
     flops = forward_flops(size)[0] * 2 * batch * SAMPLING_STEPS if device.type == "cuda" else None
     rows = rows_from(size, list(measured), batch, flops, peak_flops, warmup, diffs, measured, peaks)
     notes = [f"sampling {size}: batch {batch} per CFG branch; max |plain latents| = {plain.abs().max().item():.2f}"]
-    if timed_steps != SAMPLING_STEPS:
+    if timed_steps != SAMPLING_STEPS or parity_steps != SAMPLING_STEPS:
         notes.append(f"sampling {size}: timed runs of {timed_steps} Euler step(s), images/s scaled to "
-                     f"{SAMPLING_STEPS} steps; warm-up and differences over {parity_steps} steps")
-    del runners, model, outputs
-    reset_compiled()
+                     f"{SAMPLING_STEPS} steps; warm-up and differences after {parity_steps} step(s)")
     return rows, notes
 
 
@@ -338,6 +344,7 @@ def benchmark_training(size: str, device: torch.device, settings: Settings, peak
     stats = LatentStatistics(latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3)))
     data = TrainingBatch(images, latents, torch.randint(0, NUM_CLASSES, (batch,), generator=generator, device=device))
     model = build_dit(size, device).train()
+    ema_seconds = ema_update_seconds(model, device)
     compiled = torch.compile(model) if any(p.compiled for p in paths) else None
     optimizers = {fused: torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused)
                   for fused in {p.fused_adamw for p in paths}}
@@ -358,25 +365,25 @@ def benchmark_training(size: str, device: torch.device, settings: Settings, peak
     for name, run in runs.items():
         print(f"  warm-up: {name}", flush=True)
         warmup[name] = timed(run, device)[0]
-    measured, peaks = measure(runs, settings.reps, device)
+    measured, peaks = measure(runs, settings.reps[size], device)
     diffs = {name: abs(loss - losses[PLAIN_TRAINING.name]) for name, loss in losses.items()}
     flops = forward_flops(size)[1] * batch * iters if device.type == "cuda" else None
     rows = rows_from(size, list(runs), iters, flops, peak_flops, warmup, diffs, measured, peaks)
-    del optimizers, compiled
-    gc.collect()
-    ema = EMA(model, 0.9999)
-    ema_seconds = statistics.median(timed(lambda: ema.update(model), device)[0] for _ in range(3))
-    notes = [f"training {size}: batch {batch}; plain loss {losses[PLAIN_TRAINING.name]:.4f}; the trainer's EMA "
-             f"update (not in the timed step) takes {ema_seconds:.3f} s"]
+    notes = [(f"training {size}: batch {batch}; plain loss {losses[PLAIN_TRAINING.name]:.4f}; the trainer's EMA "
+              f"update (not in the timed step) takes {ema_seconds:.3f} s")]
     if len(paths) < len(TRAINING_PATHS):
         notes.append(f"training {size}: no compiled row on {device.type} (compile time and a second optimizer state)")
-    del model, ema, autoencoder
-    reset_compiled()
     return rows, notes
 
 
+def ema_update_seconds(model: nn.Module, device: torch.device) -> float:
+    """Median time of the trainer's EMA update of ``model`` (its shadow is freed on return)."""
+    ema = EMA(model, 0.9999)
+    return statistics.median(timed(lambda: ema.update(model), device)[0] for _ in range(3))
+
+
 def reset_compiled() -> None:
-    """Drop compiled graphs (their frozen weights) before the next size."""
+    """Drop compiled graphs (they hold the frozen weights) once a benchmark's models are gone."""
     torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
@@ -424,27 +431,19 @@ def table(rows: list[Row], unit: str, gpu: bool) -> str:
     return "\n".join(lines)
 
 
-def report(device: torch.device, threads: int, sampling: list[Row], training: list[Row], notes: list[str],
-           loads: tuple[tuple[float, ...], tuple[float, ...]], peak_flops: float | None, minutes: float) -> str:
+def report(device: torch.device, threads: int, size: str, sampling: list[Row], training: list[Row],
+           notes: list[str], load: Load, peak_flops: float | None) -> str:
     gpu = device.type == "cuda"
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    lines = [
-        f"Machine: {machine(device, threads)}. Command: `{command}` ({minutes:.0f} min, "
-        f"{time.strftime('%Y-%m-%d')}).",
-        "",
-        "Sampling (25 Euler steps, CFG 1.5 on every step):",
-        "",
-        table(sampling, "images/s", gpu),
-        "",
-        "Training (the trainer's step without EMA; steps/s):",
-        "",
-        table(training, "steps/s", gpu),
-        "",
-        "Notes:",
-        "",
-        f"- load average (1, 5, 15 min) before: {', '.join(f'{x:.1f}' for x in loads[0])}; "
-        f"after: {', '.join(f'{x:.1f}' for x in loads[1])}",
-    ]
+    header = (f"**{size}** — {machine(device, threads)}. Command: `{command}` ({load.minutes:.0f} min for {size}, "
+              f"{time.strftime('%Y-%m-%d')}).")
+    lines = [header]
+    if sampling:
+        lines += ["", f"Sampling ({SAMPLING_STEPS} Euler steps, CFG {GUIDANCE.scale} on every step):", "",
+                  table(sampling, "images/s", gpu)]
+    if training:
+        lines += ["", "Training (the trainer's step without EMA):", "", table(training, "steps/s", gpu)]
+    lines += ["", f"- machine load: {load.describe(threads)}"]
     if peak_flops:
         lines.append(f"- MFU: DiT FLOPs (flop counter) / time / measured bf16 matmul peak "
                      f"{peak_flops / 1e12:.0f} TFLOP/s; training counts forward + backward of the DiT only")
@@ -452,15 +451,37 @@ def report(device: torch.device, threads: int, sampling: list[Row], training: li
     return "\n".join(lines)
 
 
-def write_docs(path: Path, device: torch.device, text: str) -> None:
-    """Replace the text between this device's markers in ``path`` (append a section if they are missing)."""
-    begin, end = f"<!-- speed:{device.type}:begin -->", f"<!-- speed:{device.type}:end -->"
+class Load:
+    """The machine's load over a stretch of the benchmark: load averages and the CPU time this process got."""
+
+    def __init__(self) -> None:
+        self.before, self.wall, self.cpu = os.getloadavg(), time.perf_counter(), time.process_time()
+
+    def stop(self) -> Load:
+        self.after = os.getloadavg()
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return self
+
+    @property
+    def minutes(self) -> float:
+        return self.wall / 60
+
+    def describe(self, threads: int) -> str:
+        averages = ", ".join(f"{x:.1f}" for x in self.before), ", ".join(f"{x:.1f}" for x in self.after)
+        return (f"load average (1, 5, 15 min) {averages[0]} before, {averages[1]} after on {os.cpu_count()} cores; "
+                f"this process got {self.cpu / self.wall:.2f} cores of CPU time on average "
+                f"({threads} threads asked)")
+
+
+def write_docs(path: Path, key: str, text: str) -> None:
+    """Replace the text between the markers of ``key`` (e.g. ``cpu:S``) in ``path``, or append a block."""
+    begin, end = f"<!-- speed:{key}:begin -->", f"<!-- speed:{key}:end -->"
     doc = path.read_text() if path.exists() else "# Results\n"
     block = f"{begin}\n{text}\n{end}"
     if begin in doc and end in doc:
         doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end):]
     else:
-        doc = doc.rstrip("\n") + f"\n\n### Speed: {device.type}\n\n{block}\n"
+        doc = doc.rstrip("\n") + f"\n\n{block}\n"
     with atomic_path(path) as tmp:
         tmp.write_text(doc)
 
@@ -470,7 +491,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--sizes", nargs="+", default=["S", "XL"], choices=["S", "B", "L", "XL"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--reps", type=int, help="timed repetitions per path (default: 3 on CPU, 5 on GPU)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per path (default: 5, XL on CPU 3)")
     parser.add_argument("--skip", choices=["sampling", "training"], help="leave one benchmark out")
     parser.add_argument("--docs", type=Path, default=RESULTS, help="the results file to update")
     parser.add_argument("--no-docs", action="store_true", help="print only")
@@ -489,25 +510,23 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     settings = default_settings(device)
     if args.reps is not None:
-        settings = replace(settings, reps=args.reps)
+        settings = replace(settings, reps={size: args.reps for size in args.sizes})
     peak_flops = matmul_peak(device) if device.type == "cuda" else None
-    start, loads_before = time.perf_counter(), os.getloadavg()
-    sampling, training, notes = [], [], []
-    for size in args.sizes:
+    for size in args.sizes:  # each size's block is written as soon as it is measured
+        load = Load()
+        sampling, training, notes = [], [], []
         if args.skip != "sampling":
-            rows, size_notes = benchmark_sampling(size, device, settings, peak_flops)
-            sampling += rows
-            notes += size_notes
+            sampling, notes = benchmark_sampling(size, device, settings, peak_flops)
+            reset_compiled()
         if args.skip != "training":
-            rows, size_notes = benchmark_training(size, device, settings, peak_flops)
-            training += rows
-            notes += size_notes
-    text = report(device, args.threads, sampling, training, notes, (loads_before, os.getloadavg()), peak_flops,
-                  (time.perf_counter() - start) / 60)
-    print(text)
-    if not args.no_docs:
-        write_docs(args.docs, device, text)
-        print(f"written to {args.docs}")
+            training, training_notes = benchmark_training(size, device, settings, peak_flops)
+            notes += training_notes
+            reset_compiled()
+        text = report(device, args.threads, size, sampling, training, notes, load.stop(), peak_flops)
+        print(text, flush=True)
+        if not args.no_docs:
+            write_docs(args.docs, f"{device.type}:{size}", text)
+            print(f"written to {args.docs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_autoencoder_model import calibrated, tiny_autoencoder
 
 from svg_diffusion.data import FashionMNIST
 from svg_diffusion.diffusion import DiT, DiTConfig, compile_for_sampling, time_grid
 from svg_diffusion.diffusion.latents import LatentStatistics, encode_latents
-
-from test_autoencoder_model import calibrated, tiny_autoencoder
 
 
 def load_benchmark():
@@ -33,7 +32,7 @@ def load_benchmark():
 
 
 speed = load_benchmark()
-FP32 = dict(rtol=0, atol=2e-5)
+FP32 = {"rtol": 0, "atol": 2e-5}
 LR = 1e-3
 PATHS = {path.name: path for path in speed.SAMPLING_PATHS}
 
@@ -162,11 +161,11 @@ def test_compiled_fused_training_step_matches_eager(training_case):
     fast_loss, fast_grads, fast_weights = run_step(training_case, fast)
     torch.testing.assert_close(fast_loss, loss, **FP32)
     for name in grads:
-        torch.testing.assert_close(fast_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(fast_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
         # Adam divides by sqrt(v) + 1e-8: a gradient that is zero in exact arithmetic (the q/k-norm biases,
         # which softmax ignores) is rounding noise that moves its weight by up to ~1% of lr either way.
         torch.testing.assert_close(fast_weights[name], weights[name], rtol=0, atol=0.05 * LR,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")
     # The benchmark's optimized row (bf16 too) against the plain path, at the bf16 tolerance.
     _, bf16_grads, _ = run_step(training_case, speed.TRAINING_PATHS[-1])
     assert relative_error(bf16_grads, grads) < 0.03
