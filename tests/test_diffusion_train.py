@@ -34,6 +34,15 @@ from test_engine import assert_identical
 DATA_SIZE = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and much faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def autoencoder_dir(tmp_path_factory, fmnist_dir) -> Path:
     images = FashionMNIST("train", limit=16)
@@ -207,6 +216,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # three processes start and import torch: ~30 s on 2 idle cores, minutes on busy ones
 def test_two_processes_equal_one_process(tmp_path, autoencoder_dir):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), __file__, str(tmp_path / "ddp"), str(autoencoder_dir)]

@@ -20,6 +20,15 @@ from test_autoencoder_model import calibrated, tiny_autoencoder
 COUNT = 40
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and much faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dataset(fmnist_dir):
     return FashionMNIST("train", image_size=32, root=fmnist_dir, limit=COUNT)
