@@ -35,7 +35,7 @@ from svg_diffusion.config import load_config
 from svg_diffusion.data import FashionMNIST, build_dataset
 from svg_diffusion.demo import DEMO_ENCODER_DIR
 from svg_diffusion.evaluation import fid_stats
-from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction, format_metrics_table
+from svg_diffusion.evaluation.reconstruction import METRICS_FILE, evaluate_reconstruction, format_metrics_table
 from svg_diffusion.training import derive_seed, read_records
 from svg_diffusion.utils.files import atomic_path
 from svg_diffusion.utils.images import save_image_grid
@@ -66,6 +66,14 @@ def untrained(config: AutoencoderTrainConfig) -> SVGAutoencoder:
     train = build_dataset(config.data, "train", progress=False)
     model.estimate_alignment_statistics([torch.stack([train[i][0] for i in range(config.engine.global_batch_size)])])
     return model
+
+
+def saved_metrics(eval_dir: Path, model_dir: Path) -> dict | None:
+    """The metrics an earlier run of this script wrote for this very model (an interrupted run skips them)."""
+    saved = eval_dir / METRICS_FILE
+    if saved.is_file() and saved.stat().st_mtime > (model_dir / "model.safetensors").stat().st_mtime:
+        return json.loads(saved.read_text())
+    return None
 
 
 def main() -> None:
@@ -101,7 +109,8 @@ def main() -> None:
         folder = train_autoencoder(config, resume=True)
         minutes = (time.perf_counter() - started) / 60
         model = SVGAutoencoder.from_pretrained(folder)
-        metrics = evaluate_reconstruction(model, test, reference=reference, out_dir=out / slug / "eval", progress=True)
+        metrics = saved_metrics(out / slug / "eval", folder) or evaluate_reconstruction(
+            model, test, reference=reference, out_dir=out / slug / "eval", progress=True)
         speeds = [r["steps_per_sec"] for r in read_records(out / slug / "metrics.jsonl")]
         results[name] = {**metrics, "psnr_untrained": start["psnr"], "minutes": minutes,
                          "steps": config.engine.max_steps, "steps_per_sec": sum(speeds) / len(speeds)}

@@ -177,6 +177,26 @@ def test_ema_math_and_state():
         EMA(module, decay=0.5).load_state_dict(ema.state_dict())
 
 
+def test_ema_warmup_caps_the_decay_early_on():
+    module = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        module.weight.fill_(0.0)
+    ema = EMA(module, decay=0.999, warmup=True)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    for _ in range(1000):
+        ema.update(module)
+    # Without the cap 0.999^1000 = 37% of the zero initialization would remain; with it, the product of the
+    # early decays (1 + n) / (10 + n) makes that weight vanish (< 1e-20).
+    assert ema.shadow["weight"].item() == pytest.approx(1.0, abs=1e-6)
+    assert ema.current_decay() == pytest.approx(1001 / 1010)  # still capped: the cap passes 0.999 at n = 8991
+    assert EMA(module, decay=0.999).current_decay() == 0.999  # no warmup: the decay from the first update
+    restored = EMA(module, decay=0.999, warmup=True)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.current_decay() == ema.current_decay()  # num_updates travels with the state
+
+
 def test_engine_config_validation_and_lr_schedule():
     base = {"out_dir": "runs/x", "max_steps": 100, "global_batch_size": 32}
     with pytest.raises(ConfigError, match="grad_accum_steps 3"):

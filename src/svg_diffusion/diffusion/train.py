@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..autoencoder import SVGAutoencoder
+from ..autoencoder import Autoencoder
+from ..autoencoder import load_autoencoder as load_autoencoder_folder
 from ..config import from_dict, save_config, to_dict
 from ..data import DataConfig, build_dataset, random_hflip
 from ..errors import SVGError
@@ -135,6 +136,7 @@ class DiffusionTrainConfig:
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     optimizer: AdamWConfig = field(default_factory=AdamWConfig)
     ema_decay: float = 0.9999
+    ema_warmup: bool = True     # decay capped by (1 + n) / (10 + n): short runs get a usable average
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     encode_batch_size: int = 256
@@ -151,12 +153,12 @@ class DiffusionTrainConfig:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_autoencoder(folder: str | Path) -> SVGAutoencoder:
-    """An autoencoder folder, or the autoencoder of a pipeline folder (eval mode, CPU)."""
+def load_autoencoder(folder: str | Path) -> Autoencoder:
+    """An autoencoder folder (SVG or the VAE baseline), or the autoencoder of a pipeline folder (eval mode, CPU)."""
     folder = Path(folder)
     if (folder / INDEX_FILE).is_file():
         folder = folder / AUTOENCODER_FOLDER
-    return SVGAutoencoder.from_pretrained(folder)
+    return load_autoencoder_folder(folder)
 
 
 def dataset_info(data: DataConfig) -> dict:
@@ -170,7 +172,7 @@ def hflip_choices(generator: torch.Generator, batch: int, global_batch_size: int
     return random_hflip(rows, generator, global_batch_size, offset)[:, 0, 0] == 1.0
 
 
-def batch_latents(batch: Any, autoencoder: SVGAutoencoder | None, hflip: bool, generator: torch.Generator,
+def batch_latents(batch: Any, autoencoder: Autoencoder | None, hflip: bool, generator: torch.Generator,
                   global_batch_size: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's raw latents and labels of a training batch.
 
@@ -191,7 +193,7 @@ def batch_latents(batch: Any, autoencoder: SVGAutoencoder | None, hflip: bool, g
     return latents, labels
 
 
-def training_dataset(config: DiffusionTrainConfig, autoencoder: SVGAutoencoder, progress: bool = True) -> Dataset:
+def training_dataset(config: DiffusionTrainConfig, autoencoder: Autoencoder, progress: bool = True) -> Dataset:
     """The latent cache (checked against the config and the autoencoder) or the image dataset."""
     if config.latent_cache is None:
         return build_dataset(config.data, "train", progress=progress)
@@ -212,7 +214,7 @@ def dataset_classes(dataset: Dataset) -> list[str]:
     return list(getattr(dataset, "classes", None) or [])
 
 
-def training_statistics(config: DiffusionTrainConfig, autoencoder: SVGAutoencoder, dataset: Dataset,
+def training_statistics(config: DiffusionTrainConfig, autoencoder: Autoencoder, dataset: Dataset,
                         resume: bool, progress: bool = True) -> LatentStatistics:
     """The latent statistics of a run: a resumed run's own file, ``config.latent_stats``, the cache's, or computed."""
     own = Path(config.engine.out_dir) / STATS_FILE
@@ -251,7 +253,7 @@ def preview_classes(preview: PreviewConfig, class_names: list[str]) -> list[int]
 class DiffusionTrainer(Trainer):
     """Flow matching of a DiT on normalized latents, with EMA and preview grids; see the module docstring."""
 
-    def __init__(self, config: DiffusionTrainConfig, autoencoder: SVGAutoencoder, stats: LatentStatistics,
+    def __init__(self, config: DiffusionTrainConfig, autoencoder: Autoencoder, stats: LatentStatistics,
                  class_names: list[str], cached: bool, device: torch.device):
         self.config = config
         self.autoencoder = autoencoder.to(device).eval()
@@ -267,7 +269,7 @@ class DiffusionTrainer(Trainer):
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(self.transformer.parameters(), lr=opt.lr, betas=opt.betas,
                                            weight_decay=opt.weight_decay)
-        self.ema = EMA(self.transformer, config.ema_decay)
+        self.ema = EMA(self.transformer, config.ema_decay, warmup=config.ema_warmup)
         self.ema_transformer = DiT(dit_config).to(device).eval().requires_grad_(False)
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:

@@ -4,6 +4,10 @@ After each optimizer step, ``shadow = decay * shadow + (1 - decay) * weights`` f
 of the module's state_dict (parameters and buffers alike; frozen entries stay exactly constant); integer
 buffers are copied. The shadow is fp32 whatever the module's dtype, so small updates (1 - decay = 1e-4)
 are not rounded away in bf16.
+
+With ``warmup=True`` the n-th update uses ``min(decay, (1 + n) / (10 + n))`` (the cap diffusers' EMAModel
+applies): otherwise a short run's average is still mostly the initialization (0.999^1000 = 37%), and a
+zero-initialized output layer makes that a model that barely moves the noise.
 """
 
 from __future__ import annotations
@@ -22,23 +26,31 @@ class EMA:
     also works. ``state_dict()`` / ``load_state_dict()`` make it part of a checkpoint.
     """
 
-    def __init__(self, module: nn.Module, decay: float):
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = False):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.warmup = warmup
         self.num_updates = 0
         self.shadow = {
             name: value.detach().clone().float() if value.is_floating_point() else value.detach().clone()
             for name, value in unwrap(module).state_dict().items()
         }
 
+    def current_decay(self) -> float:
+        """The decay the next ``update`` applies."""
+        if self.warmup:
+            return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        return self.decay
+
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         """Move the average toward ``module``'s current weights (a DDP wrapper is looked through)."""
+        decay = self.current_decay()
         for name, value in unwrap(module).state_dict().items():
             average = self.shadow[name]
             if average.is_floating_point():
-                average.lerp_(value.float(), 1.0 - self.decay)
+                average.lerp_(value.float(), 1.0 - decay)
             else:
                 average.copy_(value)
         self.num_updates += 1
