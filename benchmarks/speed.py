@@ -1,6 +1,7 @@
 """Speed of sampling and training, the plain path against the optimized ones (issue 6; docs/results.md).
 
-    python benchmarks/speed.py [--device cpu|cuda] [--sizes S XL] [--threads 2] [--reps 3] [--no-docs]
+    python benchmarks/speed.py [--device cpu|cuda] [--sizes S XL] [--threads 2] [--reps 3] [--sample-batch 4]
+                                [--train-batch 8] [--skip sampling|training] [--no-docs]
 
 For each DiT size at the paper's latent shape (392x16x16) it measures
 
@@ -261,11 +262,18 @@ class Row:
     peak_gib: float | None = None
 
 
-def measure(runs: dict[str, Callable[[], object]], reps: int, device: torch.device
-            ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Time ``reps`` interleaved repetitions of all runs: every repetition's time, and the peak GPU memory (GiB)."""
+@dataclass
+class Measured:
+    times: dict[str, list[float]]  # every repetition's seconds, per run
+    peaks: dict[str, float]  # peak GPU memory (GiB) per run
+    cpu_share: float  # CPU time this process got / wall time, over all timed repetitions (cores)
+
+
+def measure(runs: dict[str, Callable[[], object]], reps: int, device: torch.device) -> Measured:
+    """Time ``reps`` interleaved repetitions of all runs."""
     peaks: dict[str, float] = {}
     times: dict[str, list[float]] = {name: [] for name in runs}
+    wall, cpu = time.perf_counter(), time.process_time()
     for rep in range(reps):
         for name, run in runs.items():
             if device.type == "cuda":
@@ -274,7 +282,7 @@ def measure(runs: dict[str, Callable[[], object]], reps: int, device: torch.devi
             if device.type == "cuda":
                 peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
         print(f"  repetition {rep + 1}/{reps}: " + ", ".join(f"{t[-1]:.2f}s" for t in times.values()), flush=True)
-    return times, peaks
+    return Measured(times, peaks, (time.process_time() - cpu) / (time.perf_counter() - wall))
 
 
 def rows_from(config: str, names: list[str], work: float, flops: float | None, peak_flops: float | None,
@@ -317,12 +325,13 @@ def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak
         warmup[path.name], outputs[path.name] = timed(lambda path=path: run(path, parity_steps), device)
     plain = outputs[PLAIN_SAMPLING.name].float()
     diffs = {name: (out.float() - plain).abs().max().item() for name, out in outputs.items()}
-    measured, peaks = measure({p.name: lambda p=p: run(p, timed_steps) for p in SAMPLING_PATHS}, settings.reps[size], device)
+    measured = measure({p.name: lambda p=p: run(p, timed_steps) for p in SAMPLING_PATHS}, settings.reps[size], device)
     # Every step costs the same (CFG runs both branches throughout): scale the runs' times to 25 steps.
-    measured = {name: [t * SAMPLING_STEPS / timed_steps for t in ts] for name, ts in measured.items()}
+    times = {name: [t * SAMPLING_STEPS / timed_steps for t in ts] for name, ts in measured.times.items()}
     flops = forward_flops(size)[0] * 2 * batch * SAMPLING_STEPS if device.type == "cuda" else None
-    rows = rows_from(size, list(measured), batch, flops, peak_flops, warmup, diffs, measured, peaks)
-    notes = [f"sampling {size}: batch {batch} per CFG branch; max |plain latents| = {plain.abs().max().item():.2f}"]
+    rows = rows_from(size, list(times), batch, flops, peak_flops, warmup, diffs, times, measured.peaks)
+    notes = [f"sampling {size}: batch {batch} per CFG branch; max |plain latents| = {plain.abs().max().item():.2f}"
+             + cpu_share_note(measured, device)]
     if timed_steps != SAMPLING_STEPS or parity_steps != SAMPLING_STEPS:
         notes.append(f"sampling {size}: timed runs of {timed_steps} Euler step(s), images/s scaled to "
                      f"{SAMPLING_STEPS} steps; warm-up and differences after {parity_steps} step(s)")
@@ -345,6 +354,7 @@ def benchmark_training(size: str, device: torch.device, settings: Settings, peak
     data = TrainingBatch(images, latents, torch.randint(0, NUM_CLASSES, (batch,), generator=generator, device=device))
     model = build_dit(size, device).train()
     ema_seconds = ema_update_seconds(model, device)
+    adamw_seconds = adamw_step_seconds(model, device)
     compiled = torch.compile(model) if any(p.compiled for p in paths) else None
     optimizers = {fused: torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused)
                   for fused in {p.fused_adamw for p in paths}}
@@ -354,32 +364,58 @@ def benchmark_training(size: str, device: torch.device, settings: Settings, peak
         return training_step(compiled if path.compiled else model, optimizers[path.fused_adamw], autoencoder,
                              stats, data, path, flow_generator)
 
-    # Parity: the loss of each path from the same weights and draws (the optimizers get zero-lr steps).
+    # Parity: the loss of each path from the same weights and draws (the optimizers get zero-lr steps). This
+    # first step of each path is its warm-up time (compilation included); one more warm-up run follows.
     for optimizer in optimizers.values():
         optimizer.param_groups[0]["lr"] = 0.0
-    losses = {p.name: step(p, seed=1).item() for p in paths}
+    warmup, losses = {}, {}
+    for p in paths:
+        print(f"  warm-up: {p.name}", flush=True)
+        warmup[p.name], loss = timed(lambda p=p: step(p, seed=1).item(), device)
+        losses[p.name] = loss
     for optimizer in optimizers.values():
         optimizer.param_groups[0]["lr"] = 1e-4
     runs = {p.name: lambda p=p: [step(p, seed=2 + i) for i in range(iters)] for p in paths}
-    warmup = {}
-    for name, run in runs.items():
-        print(f"  warm-up: {name}", flush=True)
-        warmup[name] = timed(run, device)[0]
-    measured, peaks = measure(runs, settings.reps[size], device)
+    for run in runs.values():
+        run()
+    measured = measure(runs, settings.reps[size], device)
     diffs = {name: abs(loss - losses[PLAIN_TRAINING.name]) for name, loss in losses.items()}
     flops = forward_flops(size)[1] * batch * iters if device.type == "cuda" else None
-    rows = rows_from(size, list(runs), iters, flops, peak_flops, warmup, diffs, measured, peaks)
+    rows = rows_from(size, list(runs), iters, flops, peak_flops, warmup, diffs, measured.times, measured.peaks)
     notes = [(f"training {size}: batch {batch}; plain loss {losses[PLAIN_TRAINING.name]:.4f}; the trainer's EMA "
-              f"update (not in the timed step) takes {ema_seconds:.3f} s")]
+              f"update (not in the timed step) takes {ema_seconds:.3f} s; one AdamW step alone takes "
+              f"{adamw_seconds[False]:.3f} s (default implementation) and {adamw_seconds[True]:.3f} s (fused=True)"
+              + cpu_share_note(measured, device))]
     if len(paths) < len(TRAINING_PATHS):
         notes.append(f"training {size}: no compiled row on {device.type} (compile time and a second optimizer state)")
     return rows, notes
+
+
+def cpu_share_note(measured: Measured, device: torch.device) -> str:
+    if device.type != "cpu":
+        return ""
+    return f"; the timed repetitions got {measured.cpu_share:.2f} cores of CPU time ({torch.get_num_threads()} threads)"
 
 
 def ema_update_seconds(model: nn.Module, device: torch.device) -> float:
     """Median time of the trainer's EMA update of ``model`` (its shadow is freed on return)."""
     ema = EMA(model, 0.9999)
     return statistics.median(timed(lambda: ema.update(model), device)[0] for _ in range(3))
+
+
+def adamw_step_seconds(model: nn.Module, device: torch.device) -> dict[bool, float]:
+    """Median time of an AdamW step over ``model``'s parameters, by ``fused`` (False: the default, a for-loop on
+    the CPU and foreach on CUDA). The steps have lr 0, so the weights stay; the gradients and states are freed."""
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    seconds = {}
+    for fused in (False, True):  # one optimizer state at a time: XL's is 5.4 GB
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0, fused=fused)
+        optimizer.step()  # allocates the state
+        seconds[fused] = statistics.median(timed(optimizer.step, device)[0] for _ in range(3))
+        del optimizer
+    model.zero_grad(set_to_none=True)
+    return seconds
 
 
 def reset_compiled() -> None:
@@ -492,6 +528,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="+", default=["S", "XL"], choices=["S", "B", "L", "XL"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--reps", type=int, help="timed repetitions per path (default: 5, XL on CPU 3)")
+    parser.add_argument("--sample-batch", type=int, help="sampling batch per CFG branch (default: S 4, XL 2 on CPU)")
+    parser.add_argument("--train-batch", type=int, help="training batch (default: S 8, XL 2 on CPU)")
     parser.add_argument("--skip", choices=["sampling", "training"], help="leave one benchmark out")
     parser.add_argument("--docs", type=Path, default=RESULTS, help="the results file to update")
     parser.add_argument("--no-docs", action="store_true", help="print only")
@@ -509,8 +547,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SVGError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     settings = default_settings(device)
-    if args.reps is not None:
-        settings = replace(settings, reps={size: args.reps for size in args.sizes})
+    for option, value in ("reps", args.reps), ("sample_batch", args.sample_batch), ("train_batch", args.train_batch):
+        if value is not None:
+            if value < 1:
+                raise SVGError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+            settings = replace(settings, **{option: {size: value for size in args.sizes}})
     peak_flops = matmul_peak(device) if device.type == "cuda" else None
     for size in args.sizes:  # each size's block is written as soon as it is measured
         load = Load()
