@@ -9,7 +9,8 @@ time grid -> normalized latent -> ``latent_stats.denormalize`` -> ``autoencoder.
 Folder layout (diffusers-style, every file written atomically):
 
     model_index.json          {"format": "svg-diffusion-pipeline", "class_names": [...], "sampling": {...}}
-    autoencoder/              SVGAutoencoder.save_pretrained (with its frozen encoder in autoencoder/encoder/)
+    autoencoder/              SVGAutoencoder.save_pretrained (with its frozen encoder in autoencoder/encoder/),
+                              or the VAE baseline's KLAutoencoder.save_pretrained
     transformer/              DiT.save_pretrained
     latent_stats.safetensors  LatentStatistics.save (per-channel mean/std of the training latents)
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .autoencoder import SVGAutoencoder
+from .autoencoder import Autoencoder, load_autoencoder
 from .config import from_dict, to_dict
 from .diffusion import DiT, GuidanceConfig, get_sampler, guided_velocity, time_grid
 from .diffusion.latents import LatentStatistics
@@ -65,7 +66,7 @@ class SamplingDefaults:
 class SVGPipeline:
     """Autoencoder + transformer + latent statistics + class names + default sampler settings."""
 
-    def __init__(self, autoencoder: SVGAutoencoder, transformer: DiT | None = None,
+    def __init__(self, autoencoder: Autoencoder, transformer: DiT | None = None,
                  latent_stats: LatentStatistics | None = None, class_names: Sequence[str] | None = None,
                  sampling: SamplingDefaults | None = None):
         if (transformer is None) != (latent_stats is None):
@@ -122,7 +123,7 @@ class SVGPipeline:
         if index.get("format") != FORMAT:
             raise SVGError(f"{index_path}: expected format {FORMAT!r}, found {index.get('format')!r}")
         sampling = from_dict(SamplingDefaults, index.get("sampling", {}), where=f"{index_path}: sampling")
-        autoencoder = SVGAutoencoder.from_pretrained(folder / AUTOENCODER_FOLDER)
+        autoencoder = load_autoencoder(folder / AUTOENCODER_FOLDER)  # SVG or the VAE baseline
         transformer = stats = None
         if (folder / TRANSFORMER_FOLDER).is_dir():
             transformer = DiT.from_pretrained(folder / TRANSFORMER_FOLDER)

@@ -5,6 +5,9 @@
     latent = model.encode(images)                                     # [B, C_enc + C_res, h, w]
     recon = model.decode(latent).clamp(-1, 1)
 
+The VAE baseline (``vae.py``): ``KLAutoencoder(VAEConfig(kind="vae", ...))``, same interface and folder use;
+``load_autoencoder(folder)`` loads either kind.
+
 Training: ``svg_diffusion.autoencoder.train`` (``train_autoencoder``; the train-autoencoder command).
 """
 
@@ -21,24 +24,31 @@ from .losses import (
 from .lpips import LPIPS, load_numpy_pickle
 from .model import AutoencoderConfig, AutoencoderOutput, SVGAutoencoder
 from .residual import ResidualEncoder, ResidualEncoderConfig
+from .vae import Autoencoder, KLAutoencoder, VAEConfig, build_autoencoder, kl_divergence, load_autoencoder
 
 __all__ = [
     "ALIGNMENT_MODES",
     "LPIPS",
+    "Autoencoder",
     "AutoencoderConfig",
     "AutoencoderLoss",
     "AutoencoderOutput",
     "Decoder",
     "DecoderConfig",
     "DistributionAlignment",
+    "KLAutoencoder",
     "LossConfig",
     "PatchDiscriminator",
     "ResidualEncoder",
     "ResidualEncoderConfig",
     "SVGAutoencoder",
+    "VAEConfig",
     "adaptive_gan_weight",
+    "build_autoencoder",
     "hinge_discriminator_loss",
     "hinge_generator_loss",
+    "kl_divergence",
+    "load_autoencoder",
     "load_numpy_pickle",
     "scalar_statistics",
 ]

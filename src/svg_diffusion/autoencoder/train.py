@@ -5,7 +5,9 @@ Per step (SPEC §1), on the engine of ``svg_diffusion.training``:
 1. generator update: the batch (flipped when ``data.hflip``) goes through the autoencoder with the residual
    maps of ``model.mask_prob`` of the samples replaced by the mask token; loss = L1 + LPIPS, plus from
    ``loss.disc_start`` on the hinge generator loss with the adaptive weight; Adam over the residual encoder
-   and the decoder only;
+   and the decoder only. With ``model.kind: vae`` (the VAE baseline, ``vae.py``) the batch goes through a
+   posterior sample instead (noise from the step's ``posterior`` generator), the loss adds
+   ``model.kl_weight`` x KL, and Adam trains the conv encoder and the decoder;
 2. discriminator update (from ``loss.disc_start`` on): hinge loss on the batch and the reconstructions of
    step 1, Adam over the PatchGAN.
 
@@ -18,18 +20,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import save_config
+from ..config import ConfigError, from_dict, save_config
 from ..data import DataConfig, build_dataset, random_hflip
 from ..evaluation.image_metrics import psnr
 from ..training import Engine, EngineConfig, StepContext, Trainer
 from ..training.distributed import barrier
 from ..utils.images import save_image_grid
 from .losses import AutoencoderLoss, LossConfig
-from .model import AutoencoderConfig, AutoencoderOutput, SVGAutoencoder
+from .model import AutoencoderConfig
+from .vae import Autoencoder, VAEConfig, build_autoencoder
 
 MODEL_FOLDER = "autoencoder"
 SAMPLES_FOLDER = "samples"
@@ -54,18 +58,25 @@ class OptimizerConfig:
 class AutoencoderTrainConfig:
     """The ``train-autoencoder`` config file: how to run (engine), on what (data), what (model, loss, optimizer).
 
-    ``preview_images``: test images whose reconstructions are drawn (and whose PSNR is logged as
+    ``model``: an :class:`AutoencoderConfig` (SVG), or with ``kind: vae`` a :class:`VAEConfig` (the VAE
+    baseline). ``preview_images``: test images whose reconstructions are drawn (and whose PSNR is logged as
     ``preview_psnr``) every ``engine.sample_every`` steps and at the end.
     """
 
     engine: EngineConfig
     data: DataConfig
-    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    model: Any = field(default_factory=AutoencoderConfig)  # AutoencoderConfig | VAEConfig, see __post_init__
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     preview_images: int = 16
 
     def __post_init__(self):
+        if isinstance(self.model, dict):  # from a file: ``kind`` picks the class first, so errors name the right key
+            if self.model.get("kind", "vae") != "vae":
+                raise ConfigError(f"model.kind: expected 'vae' (or no kind: the SVG autoencoder), got {self.model['kind']!r}")
+            self.model = from_dict(VAEConfig if "kind" in self.model else AutoencoderConfig, self.model, where="model")
+        if not isinstance(self.model, (AutoencoderConfig, VAEConfig)):
+            raise ConfigError(f"model: expected a mapping, got {self.model!r}")
         if self.data.image_size != self.model.image_size:
             raise ValueError(f"data.image_size {self.data.image_size} differs from model.image_size {self.model.image_size}")
         if self.preview_images < 1:
@@ -73,22 +84,22 @@ class AutoencoderTrainConfig:
 
 
 class TrainedParts(nn.Module):
-    """The autoencoder's trained submodules (residual encoder, alignment, decoder) as one module.
+    """The autoencoder's trained submodules (residual encoder, alignment, decoder; a VAE's all) as one module.
 
     Its parameters and state dict are those of the trained parts only (the keys of ``model.safetensors``),
     so DDP synchronizes and checkpoints store nothing of the frozen encoder; its forward is the whole
     autoencoder's, which uses these very submodules.
     """
 
-    def __init__(self, autoencoder: SVGAutoencoder):
+    def __init__(self, autoencoder: Autoencoder):
         super().__init__()
-        for name in ("residual", "alignment", "decoder"):
-            if getattr(autoencoder, name) is not None:
-                self.add_module(name, getattr(autoencoder, name))
+        for name, module in autoencoder._trained_modules().items():
+            self.add_module(name, module)
         object.__setattr__(self, "autoencoder", autoencoder)  # not a submodule: keeps the frozen encoder out
 
-    def forward(self, images: torch.Tensor, residual_mask: torch.Tensor | None = None) -> AutoencoderOutput:
-        return self.autoencoder(images, residual_mask)
+    def forward(self, images: torch.Tensor, extra: torch.Tensor | None = None):
+        """The autoencoder's forward: ``extra`` is the residual mask (SVG) or the posterior noise (VAE)."""
+        return self.autoencoder(images, extra)
 
 
 class AutoencoderTrainer(Trainer):
@@ -96,7 +107,8 @@ class AutoencoderTrainer(Trainer):
 
     def __init__(self, config: AutoencoderTrainConfig, device: torch.device, preview: torch.Tensor):
         self.config = config
-        self.autoencoder = SVGAutoencoder.from_config(config.model).to(device)
+        self.autoencoder = build_autoencoder(config.model).to(device)
+        self.is_vae = isinstance(config.model, VAEConfig)
         self.trained = TrainedParts(self.autoencoder)
         self.criterion = AutoencoderLoss(config.loss).to(device)  # frozen LPIPS + the discriminator
         opt = config.optimizer
@@ -115,15 +127,23 @@ class AutoencoderTrainer(Trainer):
         images, _ = batch
         if self.config.data.hflip:
             images = random_hflip(images, ctx.generator("hflip"), ctx.global_batch_size, ctx.batch_offset)
-        mask = ctx.local_rows(self.autoencoder.draw_residual_mask(ctx.global_batch_size, ctx.generator("residual_mask")))
+        if self.is_vae:  # posterior noise, drawn for the global batch like the SVG mask
+            model = self.autoencoder
+            extra = ctx.randn("posterior", model.latent_channels, model.latent_size, model.latent_size)
+        else:
+            extra = ctx.local_rows(self.autoencoder.draw_residual_mask(ctx.global_batch_size, ctx.generator("residual_mask")))
         adversarial = self.criterion.gan_active(ctx.step)
 
         reconstructions = []
-        for x, m in ctx.micro_batches(images, mask):
-            recon = ctx.modules["autoencoder"](x, m).recon
+        for x, e in ctx.micro_batches(images, extra):
+            out = ctx.modules["autoencoder"](x, e)
+            recon = out.recon
             loss, parts = self.criterion.generator_loss(x, recon, self.autoencoder.decoder.last_layer, adversarial)
+            if self.is_vae:
+                loss = loss + self.config.model.kl_weight * out.kl
+                ctx.log(kl_loss=out.kl)
             ctx.backward(loss, for_optimizer=self.opt_g)
-            ctx.log(loss=parts["total"], rec_loss=parts["rec"], l1_loss=parts["l1"], lpips_loss=parts["lpips"])
+            ctx.log(loss=loss.detach(), rec_loss=parts["rec"], l1_loss=parts["l1"], lpips_loss=parts["lpips"])
             if adversarial:
                 ctx.log(gan_loss=parts["gan"], gan_weight=parts["gan_weight"])
             reconstructions.append(recon.detach())

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..autoencoder.lpips import LPIPS
-from ..autoencoder.model import SVGAutoencoder
+from ..autoencoder.vae import load_autoencoder
 from ..data import DataConfig, build_dataset
 from ..data.sampler import shard_indices
 from ..errors import SVGError
@@ -156,7 +156,7 @@ def eval_autoencoder(
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    autoencoder = SVGAutoencoder.from_pretrained(autoencoder_dir).to(device)
+    autoencoder = load_autoencoder(autoencoder_dir).to(device)  # SVG or the VAE baseline
     size = autoencoder.config.image_size
     if data == "fashion_mnist":
         config = DataConfig(source="fashion_mnist", image_size=size, limit=limit)

@@ -1,0 +1,157 @@
+"""The VAE baseline (autoencoder/vae.py) with tiny real models on real Fashion-MNIST images: the KL term, a
+deterministic per-image encode, the folder round trip, training through train-autoencoder (`model.kind: vae`)
+and a VAE folder as the autoencoder of the diffusion trainer, the latent cache and the pipeline.
+"""
+
+import json
+
+import pytest
+import torch
+
+from svg_diffusion.autoencoder import KLAutoencoder, VAEConfig, kl_divergence, load_autoencoder
+from svg_diffusion.autoencoder.train import AutoencoderTrainConfig, train_autoencoder
+from svg_diffusion.config import ConfigError, from_dict
+from svg_diffusion.data import DataConfig, FashionMNIST
+from svg_diffusion.diffusion.train import DiffusionTrainConfig, TransformerConfig, cache_training_latents, train_diffusion
+from svg_diffusion.errors import SVGError
+from svg_diffusion.evaluation.reconstruction import eval_autoencoder
+from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
+from svg_diffusion.training import EngineConfig, read_records
+
+DECODER = {"z_channels": 4, "resolution": 16, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
+           "attn_resolutions": [4]}
+MODEL = {"kind": "vae", "image_size": 16, "latent_channels": 4, "kl_weight": 1e-6, "decoder": DECODER}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and much faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_vae(seed: int = 0) -> KLAutoencoder:
+    torch.manual_seed(seed)
+    return KLAutoencoder(from_dict(VAEConfig, MODEL)).eval()
+
+
+def images(count: int, size: int = 16) -> torch.Tensor:
+    data = FashionMNIST("test", image_size=size, limit=count)
+    return torch.stack([data[i][0] for i in range(count)])
+
+
+def test_kl_is_zero_for_a_standard_normal_posterior_and_positive_otherwise():
+    zeros = torch.zeros(3, 4, 2, 2)
+    assert kl_divergence(zeros, zeros, image_elements=12).item() == 0.0
+    # One element off N(0, 1) in each way; the closed form 0.5 (mu^2 + s^2 - 1 - log s^2), summed per image,
+    # averaged over the 3 images, divided by the 12 pixel values.
+    mean, logvar = zeros.clone(), zeros.clone()
+    mean[0, 0, 0, 0] = 2.0
+    logvar[1, 2, 1, 1] = -1.0
+    expected = (0.5 * 4.0 + 0.5 * (torch.exp(torch.tensor(-1.0)) - 1.0 + 1.0)) / 3 / 12
+    assert kl_divergence(mean, logvar, image_elements=12).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_encode_is_the_posterior_mean_deterministic_and_batch_independent(fmnist_dir):
+    model, x = tiny_vae(), images(6)
+    with torch.no_grad():
+        whole = model.encode(x)
+        assert whole.shape == (6, 4, 4, 4)
+        assert torch.equal(whole, model.encode(x))
+        assert torch.allclose(whole[2:5], model.encode(x[2:5]), atol=1e-6)
+        assert torch.equal(whole, model.posterior(x)[0])
+        # The training forward samples around the mean with the given noise; without noise it is the mean.
+        noise = torch.randn(whole.shape, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(model(x).latent, whole)
+        sampled = model(x, noise).latent
+        assert not torch.allclose(sampled, whole) and model(x, noise).kl.item() > 0
+
+
+def test_save_load_round_trip_and_wrong_folders(tmp_path, fmnist_dir):
+    model, x = tiny_vae(), images(4)
+    folder = model.save_pretrained(tmp_path / "vae")
+    loaded = load_autoencoder(folder)
+    assert isinstance(loaded, KLAutoencoder) and loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(loaded.encode(x)), model.decode(model.encode(x)))
+    with pytest.raises(SVGError, match="missing"):
+        load_autoencoder(tmp_path)
+    meta = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**meta, "format": "something-else"}))
+    with pytest.raises(SVGError, match="expected format"):
+        load_autoencoder(folder)
+    with pytest.raises(SVGError, match="expected latents"):
+        model.decode(torch.zeros(1, 5, 4, 4))
+
+
+def test_config_is_typed_and_validated():
+    with pytest.raises(ConfigError, match="z_channels"):
+        from_dict(VAEConfig, {**MODEL, "latent_channels": 8})
+    with pytest.raises(ConfigError, match="kl_weight"):
+        from_dict(VAEConfig, {**MODEL, "kl_weight": -1.0})
+    with pytest.raises(ConfigError, match="kind"):
+        from_dict(VAEConfig, {key: value for key, value in MODEL.items() if key != "kind"})
+
+
+def train_config(out_dir, max_steps: int) -> AutoencoderTrainConfig:
+    """A KL weight large enough that the KL term shows in the logged total loss."""
+    return from_dict(AutoencoderTrainConfig, {
+        "engine": {"out_dir": str(out_dir), "max_steps": max_steps, "global_batch_size": 8, "log_every": 1,
+                   "checkpoint_every": max_steps, "sample_every": 0, "device": "cpu", "seed": 0},
+        "data": {"source": "fashion_mnist", "image_size": 16, "limit": 64, "hflip": False},
+        "model": {**MODEL, "kl_weight": 0.1},
+        "optimizer": {"lr": 1e-3},
+        "preview_images": 2,
+    })
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tmp_path_factory, fmnist_dir):
+    out_dir = tmp_path_factory.mktemp("vae_run")
+    return out_dir, train_autoencoder(train_config(out_dir, max_steps=10))
+
+
+def test_train_autoencoder_with_kind_vae_lowers_the_loss(trained_vae):
+    out_dir, folder = trained_vae
+    records = read_records(out_dir / "metrics.jsonl")
+    for r in records:
+        assert r["kl_loss"] > 0 and r["loss"] == pytest.approx(r["rec_loss"] + 0.1 * r["kl_loss"], rel=1e-4)
+    first, last = sum(r["rec_loss"] for r in records[:3]), sum(r["rec_loss"] for r in records[-3:])
+    assert last < 0.8 * first
+    assert isinstance(load_autoencoder(folder), KLAutoencoder)
+    # eval-autoencoder takes the folder as it is.
+    metrics = eval_autoencoder(folder, limit=8, rfid=False, progress=False)
+    assert metrics["images"] == 8 and metrics["psnr"] > 5
+
+
+def test_a_vae_folder_trains_a_dit_through_the_cache_and_samples(trained_vae, tmp_path):
+    _, folder = trained_vae
+    config = DiffusionTrainConfig(
+        engine=EngineConfig(out_dir=str(tmp_path / "dit"), max_steps=3, global_batch_size=8, log_every=1,
+                            checkpoint_every=3, sample_every=0, device="cpu"),
+        autoencoder=str(folder),
+        data=DataConfig(source="fashion_mnist", image_size=16, hflip=False, limit=24),
+        latent_cache=str(tmp_path / "cache"),
+        model=TransformerConfig("S", {"hidden_size": 32, "depth": 1, "num_heads": 2}),
+        sampling=SamplingDefaults(num_steps=2, shift=1.0),
+        encode_batch_size=8,
+    )
+    cache_training_latents(config, progress=False)
+    pipeline_dir = train_diffusion(config)
+    pipe = SVGPipeline.from_pretrained(pipeline_dir)
+    assert isinstance(pipe.autoencoder, KLAutoencoder)
+    out = pipe([0, 3], generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def test_train_config_picks_the_model_class_by_kind(tmp_path):
+    base = train_config(tmp_path, max_steps=1)
+    assert isinstance(base.model, VAEConfig)
+    data = {"engine": {"out_dir": str(tmp_path), "max_steps": 1, "global_batch_size": 8},
+            "data": {"source": "fashion_mnist", "image_size": 16}}
+    with pytest.raises(ConfigError, match="model.latent_chanels: unknown key"):
+        from_dict(AutoencoderTrainConfig, {**data, "model": {**MODEL, "latent_chanels": 4}})
+    with pytest.raises(ConfigError, match="model.kind: expected 'vae'"):
+        from_dict(AutoencoderTrainConfig, {**data, "model": {**MODEL, "kind": "vqgan"}})
