@@ -57,13 +57,18 @@ def add_encoders(sub: argparse._SubParsersAction) -> None:
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the README's main job on the embedded default")
-    p.add_argument("--out-dir", default="outputs/demo")
+    p = sub.add_parser("demo", help="a class-conditional Fashion-MNIST grid from the shipped demo pipeline")
+    p.add_argument("--out-dir", default="outputs/demo", help="where demo_grid.png goes")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's, 25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=int, default=8, help="samples per class (one row per class)")
+    p.add_argument("--pipeline", default=None, help="another pipeline folder (default: the shipped one)")
 
     def run(args: argparse.Namespace) -> None:
-        from .demo import run_demo
+        from .demo import DEMO_PIPELINE_DIR, run_demo
 
-        print(run_demo(args.out_dir))
+        print(run_demo(args.out_dir, steps=args.steps, seed=args.seed, per_class=args.per_class,
+                       pipeline=args.pipeline or DEMO_PIPELINE_DIR))
 
     p.set_defaults(handler=run)
 

@@ -8,11 +8,14 @@ Only the residual encoder (with its mask token) and the decoder are trained. Wit
 the latent is the frozen features alone (the paper's encoder-only ablation).
 
 Saved as a folder: ``config.json`` + ``model.safetensors`` (residual encoder, decoder, alignment statistics)
-+ ``encoder/`` (the frozen encoder in the encoders' own folder format), so it loads with nothing else.
++ ``encoder/`` (the frozen encoder in the encoders' own folder format), so it loads with nothing else; or,
+to ship one encoder beside several models, ``config.json`` may name an existing encoder folder instead
+(``"encoder_folder"``, relative to the autoencoder's folder).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ from torch import nn
 from ..encoders import FrozenEncoder, load_encoder, save_encoder
 from ..errors import SVGError
 from ..utils.pretrained import (
-    load_state_dict_strict, read_pretrained_config, read_pretrained_state, write_pretrained,
+    load_state_dict_strict, read_pretrained_config, read_pretrained_state, stored_state, write_pretrained,
 )
 from .alignment import AlignmentMode, DistributionAlignment
 from .decoder import Decoder, DecoderConfig
@@ -166,17 +169,33 @@ class SVGAutoencoder(nn.Module):
         modules = {"residual": self.residual, "alignment": self.alignment, "decoder": self.decoder}
         return nn.ModuleDict({name: module for name, module in modules.items() if module is not None})
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``folder/config.json``, ``folder/model.safetensors`` and ``folder/encoder/`` (atomically each)."""
+    def save_pretrained(self, folder: str | Path, parameter_dtype: torch.dtype | None = None,
+                        encoder_folder: str | Path | None = None) -> Path:
+        """Write ``folder/config.json``, ``folder/model.safetensors`` and ``folder/encoder/`` (atomically each).
+
+        ``parameter_dtype``: store the trained parameters at that precision (see ``utils.pretrained.stored_state``;
+        the frozen encoder is written as it is). ``encoder_folder``: an existing encoder folder holding exactly
+        this model's frozen encoder, to refer to instead of writing a copy (stored relative to ``folder``: move
+        the two together).
+        """
         folder = Path(folder)
-        save_encoder(self.encoder, folder / ENCODER_FOLDER)
-        return write_pretrained(folder, FORMAT, self.config, self._trained_modules().state_dict())
+        state = stored_state(self._trained_modules(), parameter_dtype)
+        if encoder_folder is None:
+            save_encoder(self.encoder, folder / ENCODER_FOLDER)
+            return write_pretrained(folder, FORMAT, self.config, state)
+        shared = load_encoder(encoder_folder).vit.state_dict()
+        own = self.encoder.vit.state_dict()
+        if shared.keys() != own.keys() or not all(torch.equal(shared[k], own[k]) for k in own):
+            raise SVGError(f"{encoder_folder} does not hold this autoencoder's frozen encoder")
+        relative = os.path.relpath(Path(encoder_folder).resolve(), folder.resolve())
+        return write_pretrained(folder, FORMAT, self.config, state, encoder_folder=relative)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> SVGAutoencoder:
         """Load a folder written by :meth:`save_pretrained` (on the CPU, in eval mode)."""
-        config, _ = read_pretrained_config(folder, FORMAT, AutoencoderConfig)
-        model = cls(config, load_encoder(Path(folder) / ENCODER_FOLDER, layer=config.encoder_layer))
+        config, meta = read_pretrained_config(folder, FORMAT, AutoencoderConfig)
+        encoder_folder = Path(folder) / meta.get("encoder_folder", ENCODER_FOLDER)
+        model = cls(config, load_encoder(encoder_folder, layer=config.encoder_layer))
         # The strict loader names every missing, unexpected or misshapen key.
         load_state_dict_strict(model._trained_modules(), read_pretrained_state(folder), str(folder), "the autoencoder")
         return model.eval()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from ..errors import SVGError
 from ..utils.pretrained import (
-    load_state_dict_strict, read_pretrained_config, read_pretrained_state, write_pretrained,
+    load_state_dict_strict, read_pretrained_config, read_pretrained_state, stored_state, write_pretrained,
 )
 
 FORMAT = "svg-diffusion-dit"
@@ -379,9 +379,10 @@ class DiT(nn.Module):
         out = self.unpatchify(self.final_layer(tokens, c))
         return out[:, : cfg.in_channels]  # with learn_sigma the second half is an unused variance head
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``folder/config.json`` + ``folder/model.safetensors`` (atomically each)."""
-        return write_pretrained(folder, FORMAT, self.config, self.state_dict())
+    def save_pretrained(self, folder: str | Path, parameter_dtype: torch.dtype | None = None) -> Path:
+        """Write ``folder/config.json`` + ``folder/model.safetensors`` (atomically each), the parameters as
+        ``parameter_dtype`` if given (see ``utils.pretrained.stored_state``)."""
+        return write_pretrained(folder, FORMAT, self.config, stored_state(self, parameter_dtype))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> DiT:

@@ -75,6 +75,19 @@ def write_pretrained(folder: str | Path, format_name: str, config: Any, state: d
     return folder
 
 
+def stored_state(module: torch.nn.Module, parameter_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``module``'s state dict with its floating-point parameters as ``parameter_dtype`` (None: unchanged).
+
+    Storing float16 halves a weights file; loading upcasts (``load_state_dict`` copies into the model's own
+    float32 tensors). Buffers (running statistics, fixed tables) keep their precision.
+    """
+    state = module.state_dict()
+    if parameter_dtype is None:
+        return state
+    parameters = {name for name, p in module.named_parameters() if p.is_floating_point()}
+    return {name: t.to(parameter_dtype) if name in parameters else t for name, t in state.items()}
+
+
 def read_pretrained_config(folder: str | Path, format_name: str, config_cls: type[T]) -> tuple[T, dict]:
     """The typed config of a folder written by :func:`write_pretrained`, and the whole ``config.json``."""
     path = Path(folder) / CONFIG_FILE

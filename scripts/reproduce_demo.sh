@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The shipped demo pipeline (src/svg_diffusion/assets/demo_pipeline), from nothing, with this project's commands.
+#
+#   scripts/reproduce_demo.sh            # the shipped configs (configs/demo/*.yaml): ~1.5-2.5 h on 2 CPU cores;
+#                                        # overwrites the shipped encoder and pipeline (git diff shows what changed)
+#   scripts/reproduce_demo.sh --quick    # configs/demo/quick/*.yaml: the same architecture, shorter runs, all
+#                                        # under runs/demo_quick (~20 min estimated, docs/demo.md); the shipped files are untouched
+#
+# Seeds: every training is seeded by its config's engine.seed (0 in each); the grid by `demo --seed 0`.
+# Run from the repository root after `make setup`; SVG_DIFFUSION and PYTHON override the venv's command and python.
+# Every stage runs again on a rerun (to continue a stopped training, run its command by hand with --resume).
+set -euo pipefail
+
+SVG=${SVG_DIFFUSION:-.venv/bin/svg-diffusion}
+PYTHON=${PYTHON:-.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+case "${1:-}" in
+  "")
+    configs=configs/demo
+    encoder=src/svg_diffusion/assets/demo_encoder            # pretrain_encoder.yaml's export_dir
+    pipeline=runs/demo/diffusion/pipeline                    # diffusion.yaml's engine.out_dir/pipeline
+    ;;
+  --quick)
+    configs=configs/demo/quick
+    encoder=runs/demo_quick/encoder
+    pipeline=runs/demo_quick/diffusion/pipeline
+    ;;
+  *)
+    echo "usage: $0 [--quick]" >&2
+    exit 2
+    ;;
+esac
+
+stage() { echo; echo "== $(date -u +%H:%M:%S) $*"; }
+
+stage "1/5 pretrain the encoder (DINO + iBOT + KoLeo) -> $encoder"
+$SVG pretrain-encoder --config "$configs/pretrain_encoder.yaml"
+
+stage "2/5 train the autoencoder on the frozen encoder"
+$SVG train-autoencoder --config "$configs/autoencoder.yaml"
+
+stage "3/5 encode the training images once (latent cache + exact latent statistics)"
+$SVG cache-latents --config "$configs/diffusion.yaml"
+
+stage "4/5 train the diffusion transformer -> $pipeline"
+$SVG train --config "$configs/diffusion.yaml"
+
+if [ -z "${1:-}" ]; then
+  stage "5/5 ship it: float16 weights sharing the encoder, SHA256SUMS -> src/svg_diffusion/assets/demo_pipeline"
+  "$PYTHON" -c "from svg_diffusion.demo import export_demo_pipeline; print(export_demo_pipeline('$pipeline'))"
+  stage "the demo grid"
+  $SVG demo --seed 0
+else
+  stage "5/5 the demo grid from the quick pipeline"
+  $SVG demo --seed 0 --pipeline "$pipeline" --out-dir outputs/demo_quick
+fi

@@ -1,0 +1,130 @@
+"""The README's main command on the shipped demo pipeline, the shipped files' hashes, and the export that ships them."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from svg_diffusion.cli import main
+from svg_diffusion.demo import (
+    CHECKSUMS_FILE, DEMO_ENCODER_DIR, DEMO_PIPELINE_DIR, export_demo_pipeline, read_checksums, run_demo, sha256,
+    shipped_files,
+)
+from svg_diffusion.encoders import save_encoder
+from svg_diffusion.errors import SVGError
+from svg_diffusion.pipeline import SVGPipeline
+
+from test_pipeline import tiny_pipeline
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "demo.md"
+GRID_PADDING = 2  # save_image_grid's default
+
+
+@pytest.fixture(scope="module")
+def shipped() -> SVGPipeline:
+    return SVGPipeline.from_pretrained(DEMO_PIPELINE_DIR)
+
+
+def test_demo_command_writes_a_labelled_class_grid(shipped, tmp_path, capsys):
+    per_class = 3
+    assert main(["demo", "--out-dir", str(tmp_path), "--steps", "4", "--per-class", str(per_class)]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    path = Path(last_line)
+    assert path == tmp_path / "demo_grid.png" and path.is_file()
+
+    grid = np.asarray(Image.open(path).convert("L")).astype(int)
+    size = shipped.autoencoder.config.image_size
+    rows, cols = len(shipped.class_names), per_class
+    assert rows == 10
+    height = rows * size + (rows + 1) * GRID_PADDING
+    cells_width = cols * size + (cols + 1) * GRID_PADDING
+    assert grid.shape[0] == height and grid.shape[1] > cells_width  # a label column on the left
+    label_width = grid.shape[1] - cells_width
+    labels = grid[:, :label_width]
+    assert (labels < 128).any() and (labels < 128).mean() < 0.3  # dark text on white
+
+    cells = [
+        grid[GRID_PADDING + r * (size + GRID_PADDING):][:size, label_width + GRID_PADDING:][:, :cells_width - 2 * GRID_PADDING]
+        for r in range(rows)
+    ]
+    for cell_row in cells:
+        assert cell_row.std() > 20  # garments on black, not a flat image
+    first_images = np.stack([row[:, :size] for row in cells])
+    # Every row its own class: no two rows start with the same picture.
+    differences = np.abs(first_images[:, None] - first_images[None]).mean(axis=(2, 3))
+    assert differences[~np.eye(rows, dtype=bool)].min() > 5
+
+
+def test_run_demo_is_deterministic_and_rejects_bad_input(shipped, tmp_path, capsys):
+    first = np.asarray(Image.open(run_demo(tmp_path / "a", steps=2, per_class=1, pipeline=shipped, progress=False)))
+    second = np.asarray(Image.open(run_demo(tmp_path / "b", steps=2, per_class=1, pipeline=shipped, progress=False)))
+    np.testing.assert_array_equal(first, second)
+    other_seed = np.asarray(Image.open(run_demo(tmp_path / "c", steps=2, per_class=1, seed=1, pipeline=shipped,
+                                                progress=False)))
+    assert np.abs(other_seed.astype(int) - first).max() > 0
+    assert main(["demo", "--out-dir", str(tmp_path), "--per-class", "0"]) == 2
+    assert "--per-class must be at least 1" in capsys.readouterr().err
+
+
+def test_shipped_files_match_their_listed_and_documented_hashes(shipped):
+    listed = read_checksums()
+    assert sorted(listed) == sorted(name.as_posix() for name in shipped_files())
+    for name, digest in listed.items():
+        assert sha256(DEMO_PIPELINE_DIR / name) == digest, name
+    # docs/demo.md quotes SHA256SUMS verbatim.
+    assert (DEMO_PIPELINE_DIR / CHECKSUMS_FILE).read_text().strip() in DOCS.read_text()
+    # The autoencoder shares the shipped demo encoder instead of holding a copy.
+    assert not (DEMO_PIPELINE_DIR / "autoencoder" / "encoder").exists()
+    shared = (DEMO_PIPELINE_DIR / "autoencoder" / json.loads(
+        (DEMO_PIPELINE_DIR / "autoencoder" / "config.json").read_text())["encoder_folder"]).resolve()
+    assert shared == DEMO_ENCODER_DIR.resolve()
+
+
+def test_shipped_pipeline_loads_as_documented(shipped):
+    assert shipped.class_names[:2] == ["T-shirt/top", "Trouser"] and len(shipped.class_names) == 10
+    with safe_open(DEMO_PIPELINE_DIR / "transformer" / "model.safetensors", "pt") as weights:
+        stored = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    assert "F16" in stored  # stored half precision ...
+    assert all(p.dtype == torch.float32 for p in shipped.transformer.parameters())  # ... loaded as float32
+    docs = DOCS.read_text()
+    parameters = sum(p.numel() for p in shipped.transformer.parameters())
+    assert re.search(rf"\b{parameters:,}\b", docs), f"docs/demo.md should state the DiT's {parameters:,} parameters"
+
+
+def test_export_stores_half_precision_and_shares_the_encoder(tmp_path):
+    pipe = tiny_pipeline()
+    source = pipe.save_pretrained(tmp_path / "trained")
+    encoder_dir = save_encoder(pipe.autoencoder.encoder, tmp_path / "assets" / "encoder")
+    target = tmp_path / "assets" / "pipeline"
+    (target / "stale").mkdir(parents=True)  # an older export's leftovers do not survive
+    export_demo_pipeline(source, target, encoder_folder=encoder_dir)
+
+    assert not (target / "stale").exists() and not (target / "autoencoder" / "encoder").exists()
+    full = sum(f.stat().st_size for f in source.rglob("model.safetensors"))
+    half = sum(f.stat().st_size for f in target.rglob("model.safetensors"))
+    assert half < 0.6 * full  # the encoder is not copied and the rest is float16
+    listed = read_checksums(target)
+    assert "../encoder/model.safetensors" in listed
+    assert all(sha256(target / name) == digest for name, digest in listed.items())
+
+    exported = SVGPipeline.from_pretrained(target)
+    exported_state = exported.transformer.state_dict()
+    parameters = dict(pipe.transformer.named_parameters())
+    for name, weight in pipe.transformer.state_dict().items():  # parameters rounded to float16, buffers exact
+        expected = weight.half().float() if name in parameters else weight
+        torch.testing.assert_close(exported_state[name], expected, rtol=0, atol=0)
+    noise = torch.randn(pipe.noise_shape(4), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(exported([0, 3, 5, 9], latents=noise, output_type="pt"),
+                               pipe([0, 3, 5, 9], latents=noise, output_type="pt"), rtol=0, atol=2e-2)
+
+    other = tiny_pipeline()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        other.autoencoder.encoder.vit.cls_token.add_(1.0)
+    with pytest.raises(SVGError, match="does not hold this autoencoder's frozen encoder"):
+        other.autoencoder.save_pretrained(tmp_path / "other", encoder_folder=encoder_dir)
