@@ -238,7 +238,9 @@ def test_two_processes_equal_one_process(tmp_path, autoencoder_dir):
     # sharded sampling from the 2-process pipeline equals sampling it in one process
     pipe = SVGPipeline.from_pretrained(tmp_path / "ddp" / "run" / "pipeline")
     write_samples(pipe, class_labels(pipe, num=5), npz=tmp_path / "one.npz", batch_size=5, num_steps=2, progress=False)
-    assert np.array_equal(np.load(tmp_path / "one.npz")["arr_0"], np.load(tmp_path / "ddp" / "samples.npz")["arr_0"])
+    one, sharded = (np.load(path)["arr_0"].astype(np.int16) for path in (tmp_path / "one.npz", tmp_path / "ddp" / "samples.npz"))
+    # Same noise per sample; other batch shapes change fp32 sums in the last bits, which can flip a rounding.
+    assert one.shape == sharded.shape and np.abs(one - sharded).max() <= 1
     assert pipeline.is_dir()
 
 
