@@ -4,13 +4,14 @@ and a VAE folder as the autoencoder of the diffusion trainer, the latent cache a
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from svg_diffusion.autoencoder import KLAutoencoder, VAEConfig, kl_divergence, load_autoencoder
 from svg_diffusion.autoencoder.train import AutoencoderTrainConfig, train_autoencoder
-from svg_diffusion.config import ConfigError, from_dict
+from svg_diffusion.config import ConfigError, from_dict, load_config, to_dict
 from svg_diffusion.data import DataConfig, FashionMNIST
 from svg_diffusion.diffusion.train import DiffusionTrainConfig, TransformerConfig, cache_training_latents, train_diffusion
 from svg_diffusion.errors import SVGError
@@ -155,3 +156,22 @@ def test_train_config_picks_the_model_class_by_kind(tmp_path):
         from_dict(AutoencoderTrainConfig, {**data, "model": {**MODEL, "latent_chanels": 4}})
     with pytest.raises(ConfigError, match="model.kind: expected 'vae'"):
         from_dict(AutoencoderTrainConfig, {**data, "model": {**MODEL, "kind": "vqgan"}})
+
+
+def test_shipped_demo_configs_are_the_svg_recipe_with_the_vae():
+    repo = Path(__file__).resolve().parents[1] / "configs" / "demo"
+    vae, svg = (load_config(AutoencoderTrainConfig, repo / name) for name in ("vae.yaml", "autoencoder.yaml"))
+    assert isinstance(vae.model, VAEConfig) and vae.model.latent_channels == 4
+    with torch.device("meta"):
+        model = KLAutoencoder(vae.model)
+    assert (model.latent_channels, model.latent_size) == (4, 8)  # the SVG latent's 8x8 grid
+    # The same decoder shape, losses, optimizer, data and engine (steps, batch, seed) as the SVG demo.
+    assert to_dict(vae.model.decoder) == {**to_dict(svg.model.decoder), "z_channels": 4}
+    assert (vae.loss, vae.optimizer, vae.data) == (svg.loss, svg.optimizer, svg.data)
+    assert {**to_dict(vae.engine), "out_dir": None} == {**to_dict(svg.engine), "out_dir": None}
+    # The DiT recipe: configs/demo/diffusion.yaml with the VAE's folder, cache and run directory.
+    dit_vae, dit_svg = (to_dict(load_config(DiffusionTrainConfig, repo / name))
+                        for name in ("vae_diffusion.yaml", "diffusion.yaml"))
+    for config in (dit_vae, dit_svg):
+        del config["autoencoder"], config["latent_cache"], config["engine"]["out_dir"]
+    assert dit_vae == dit_svg
