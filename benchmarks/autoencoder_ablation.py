@@ -128,7 +128,8 @@ def main() -> None:
                f"(`{config.engine.precision}`, {critic}), metrics on the first "
                f"{args.eval_images} test images; {'RANDOM' if args.random_encoder else 'the pretrained'} demo encoder; "
                f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-               f"shared with other jobs. Command: `OMP_NUM_THREADS=1 python benchmarks/autoencoder_ablation.py --docs`.")
+               f"shared with other jobs. Command: `OMP_NUM_THREADS=1 python benchmarks/autoencoder_ablation.py"
+               f"{'' if args.steps is None else f' --steps {args.steps}'} --docs`.")
     print(table + "\n\n" + "\n".join(progress) + "\n\n" + setting)
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2) + "\n")
