@@ -522,36 +522,43 @@ def write_docs(path: Path, key: str, text: str) -> None:
         tmp.write_text(doc)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     parser.add_argument("--sizes", nargs="+", default=["S", "XL"], choices=["S", "B", "L", "XL"])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--reps", type=int, help="timed repetitions per path (default: 5, XL on CPU 3)")
-    parser.add_argument("--sample-batch", type=int, help="sampling batch per CFG branch (default: S 4, XL 2 on CPU)")
-    parser.add_argument("--train-batch", type=int, help="training batch (default: S 8, XL 2 on CPU)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--reps", type=positive_int, help="timed repetitions per path (default: 5, XL on CPU 3)")
+    parser.add_argument("--sample-batch", type=positive_int, help="sampling batch per CFG branch (default: S 4, XL 2 on CPU)")
+    parser.add_argument("--train-batch", type=positive_int, help="training batch (default: S 8, XL 2 on CPU)")
     parser.add_argument("--skip", choices=["sampling", "training"], help="leave one benchmark out")
     parser.add_argument("--docs", type=Path, default=RESULTS, help="the results file to update")
     parser.add_argument("--no-docs", action="store_true", help="print only")
     return parser.parse_args(argv)
 
 
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The device's default settings with the command line's --reps, --sample-batch and --train-batch."""
+    settings = default_settings(torch.device(args.device))
+    for option, value in ("reps", args.reps), ("sample_batch", args.sample_batch), ("train_batch", args.train_batch):
+        if value is not None:
+            settings = replace(settings, **{option: {size: value for size in args.sizes}})
+    return settings
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
-    if device.type not in ("cpu", "cuda"):
-        raise SVGError(f"--device must be cpu or cuda, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SVGError("--device cuda: no CUDA device is available (use --device cpu)")
-    if args.threads < 1:
-        raise SVGError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    settings = default_settings(device)
-    for option, value in ("reps", args.reps), ("sample_batch", args.sample_batch), ("train_batch", args.train_batch):
-        if value is not None:
-            if value < 1:
-                raise SVGError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-            settings = replace(settings, **{option: {size: value for size in args.sizes}})
+    settings = settings_from(args)
     peak_flops = matmul_peak(device) if device.type == "cuda" else None
     for size in args.sizes:  # each size's block is written as soon as it is measured
         load = Load()

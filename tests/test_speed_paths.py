@@ -60,6 +60,18 @@ def sampling_case():
     return model, noise, labels, times, plain
 
 
+def test_command_line_sets_the_work_and_refuses_bad_values(capsys):
+    settings = speed.settings_from(speed.parse_args(["--sizes", "XL", "--reps", "2", "--sample-batch", "1"]))
+    assert settings.reps == {"XL": 2} and settings.sample_batch == {"XL": 1}
+    assert settings.train_batch["XL"] == speed.default_settings(torch.device("cpu")).train_batch["XL"]
+    for argv, message in ((["--train-batch", "0"], "--train-batch: must be at least 1, got 0"),
+                          (["--device", "gpu"], "--device: invalid choice: 'gpu'")):
+        with pytest.raises(SystemExit) as exit_info:
+            speed.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def test_benchmark_builds_nonzero_adaln_models():
     model = speed.build_dit("S", torch.device("cpu"))
     assert all(block.adaLN_modulation[-1].weight.abs().sum() > 0 for block in model.blocks)
