@@ -124,6 +124,8 @@ def export_demo_pipeline(source: str | Path, folder: str | Path = DEMO_PIPELINE_
     """Copy the trained pipeline ``source`` to ``folder`` for shipping: parameters stored as ``parameter_dtype``,
     the autoencoder referring to ``encoder_folder`` (which must hold its very encoder), and ``SHA256SUMS``."""
     pipe = SVGPipeline.from_pretrained(source)
+    if pipe.transformer is None:
+        raise SVGError(f"{source} holds only an autoencoder: the demo needs a pipeline that samples")
     folder = Path(folder)
     # Written beside the target, then swapped in: no stale file of an older export survives, and the
     # encoder reference (relative to the folder's parent) stays the same.
