@@ -21,12 +21,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     tmp = Path(tmp_name)
-    # mkstemp makes the file private (0600); give it the permissions a plain open() would (0666 - umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)
     try:
         yield tmp
+        # mkstemp makes the file private (0600), and some writers (safetensors) recreate it so: give it the
+        # permissions a plain open() would (0666 - umask) once it is written.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
