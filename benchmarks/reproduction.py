@@ -330,6 +330,7 @@ def minutes(seconds: float | None) -> str:
 def preamble(results: Results, args) -> list[str]:
     setting, wall = results.get("setting") or {}, results.get("wall_s") or {}
     stages = ", ".join(f"{stage} {minutes(t)}" for stage, t in (wall.get("stages") or {}).items())
+    borrowed = [s for s in args.steps if checkpoint_path(args.svg_checkpoints, s).is_file()]
     training = "; ".join(f"{arm} " + ", ".join(f"to {s}: {minutes(t)}" for s, t in runs.items())
                          for arm, runs in (wall.get("dit_training") or {}).items())
     return [
@@ -338,7 +339,7 @@ def preamble(results: Results, args) -> list[str]:
         "KL-regularized conv autoencoder with the same decoder, losses, optimizer, steps and batch (8×8×4 latents,",
         "KL weight 1e-6; configs/demo/vae.yaml, `svg_diffusion.autoencoder.vae`). Both latents train the same DiT",
         "(configs/demo/diffusion.yaml vs configs/demo/vae_diffusion.yaml: same model, flow, optimizer, seed, data",
-        "order, batch 128, EMA 0.999), so equal steps are equal compute (the DiT differs only in its input and",
+        "order, batch 128, EMA 0.999 with warmup), so equal steps are equal compute (the DiT differs only in its input and",
         "output channels).",
         "",
         "```",
@@ -351,12 +352,13 @@ def preamble(results: Results, args) -> list[str]:
         f"- FID: {setting.get('samples', args.samples)} generated images (classes balanced, DiT in bf16, sample i",
         f"  from seed (0, i)) against the Inception statistics of the first {setting.get('reference', args.reference)}",
         "  test images; with this few samples FID is biased upward, so only compare numbers within these tables.",
-        "- SVG arm: where the demo run of configs/demo/diffusion.yaml (runs/demo/diffusion, EMA warmup on) kept a",
-        "  checkpoint, that checkpoint (copied before pruning; the script checks that the run's config is this",
-        "  recipe); at other steps the script trained the arm itself. VAE arm: trained by the script in segments",
-        "  (exact resume; the constant learning rate after warmup does not depend on `max_steps`).",
+        f"- SVG arm at step(s) {', '.join(map(str, borrowed)) or 'none'}: the checkpoints of the demo run of",
+        "  configs/demo/diffusion.yaml (runs/demo/diffusion, copied before pruning; the script checks that the run's",
+        "  config is this recipe); at the other steps the script trained the arm itself with the same config. VAE",
+        "  arm: trained by the script in segments (exact resume; the constant learning rate after warmup does not",
+        "  depend on `max_steps`).",
         f"- Machine: {setting.get('machine', '?')}, a 2-core CPU shared with other jobs (timings are not speeds of",
-        f"  the methods). Wall time per stage: {stages or '?'}. VAE DiT training: {training or '?'}.",
+        f"  the methods). Wall time per stage: {stages or '?'}; of which DiT training: {training or '?'}.",
         "",
     ]
 
@@ -410,9 +412,26 @@ def markdown(results: Results, args) -> str:
     return "\n".join(lines)
 
 
+def copy_sample_grids(args) -> list[str]:
+    """Each arm's preview grid (the trainer's, CFG 4, same noise) at the last of ``--steps``, into docs/images."""
+    lines, name = [], f"samples/step_{args.steps[-1]:08d}.png"
+    for arm in ARMS:
+        found = [folder / name for folder in (args.out / f"{arm.lower()}_dit", args.svg_checkpoints) if (folder / name).is_file()]
+        if found:
+            target = IMAGES / f"reproduction_samples_{arm.lower()}.png"
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(found[0].read_bytes())
+            lines.append(f"![{arm} latents, DiT step {args.steps[-1]}](images/{target.name})")
+    return lines
+
+
 def write_docs(results: Results, args) -> None:
     plot(results, args)
-    block = f"{START}\n{markdown(results, args)}\n{END}"
+    grids = copy_sample_grids(args)
+    if grids:
+        grids = ["", f"Preview grids at DiT step {args.steps[-1]} (EMA, 25 Euler steps, CFG 4, one row per class; "
+                 "left SVG, right VAE):", "", " ".join(grids)]
+    block = f"{START}\n{markdown(results, args)}\n" + "\n".join(grids) + f"\n{END}"
     text = DOCS.read_text()  # read right before writing: another section of this file has another author
     if START in text:
         text, count = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
@@ -448,9 +467,10 @@ def main() -> None:
     ARMS.update(SVG=args.svg_config, VAE=args.vae_config)
 
     results = Results(args.out / "results.json")
-    results.put({"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-                 "samples": args.samples, "reference": args.reference}, "setting")
     stages = [stage for stage in ("fid", "reconstruction", "probe", "sampling") if stage in args.only]  # by priority
+    if stages:
+        results.put({"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+                     "samples": args.samples, "reference": args.reference}, "setting")
     fid = None
     for stage in stages:
         started = time.perf_counter()
