@@ -203,7 +203,7 @@ def measure_fid_vs_steps(args, results: Results, fid: FID) -> None:
 
 
 def measure_fid_vs_sampling(args, results: Results, fid: FID) -> None:
-    step, cfg = args.steps[-1], load_config(DiffusionTrainConfig, ARMS["SVG"]).sampling.guidance.scale
+    step, cfg = args.sampling_at, load_config(DiffusionTrainConfig, ARMS["SVG"]).sampling.guidance.scale
     settings = [(n, scale) for scale in (cfg, 1.0) for n in args.sampling_steps]
     for num_steps, scale in settings:
         for arm in ARMS:
@@ -346,7 +346,8 @@ def preamble(results: Results, args) -> list[str]:
         "svg-diffusion train-autoencoder --config configs/demo/vae.yaml --set engine.max_steps=600  # see (4)",
         "svg-diffusion cache-latents --config configs/demo/vae_diffusion.yaml   # the script does it when missing",
         f"OMP_NUM_THREADS=1 python benchmarks/reproduction.py --steps {' '.join(map(str, args.steps))} "
-        f"--samples {args.samples} --probe-train {args.probe_train} --probe-test {args.probe_test} --docs",
+        + ("" if args.sampling_at == args.steps[-1] else f"--sampling-at {args.sampling_at} ")
+        + f"--samples {args.samples} --probe-train {args.probe_train} --probe-test {args.probe_test} --docs",
         "```",
         "",
         f"- FID: {setting.get('samples', args.samples)} generated images (classes balanced, DiT in bf16, sample i",
@@ -379,7 +380,7 @@ def markdown(results: Results, args) -> str:
     sampling = results.get("sampling") or {}
     keys = sorted({k for points in sampling.values() for k in points},
                   key=lambda k: (-float(k.split("/")[1]), int(k.split("/")[0])))
-    lines += ["", f"### (2) FID vs sampling steps (DiT after {args.steps[-1]} steps)", ""]
+    lines += ["", f"### (2) FID vs sampling steps (DiT after {args.sampling_at} steps)", ""]
     if keys:
         lines += ["| Euler steps | CFG scale | " + " | ".join(f"{arm} latents" for arm in ARMS) + " |",
                   "|---:|---:|" + "---:|" * len(ARMS)]
@@ -451,6 +452,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/reproduction"), help="DiT runs and results.json")
     parser.add_argument("--steps", type=int, nargs="+", default=[500, 1000], help="DiT steps with an FID")
     parser.add_argument("--sampling-steps", type=int, nargs="+", default=[5, 10, 25, 50])
+    parser.add_argument("--sampling-at", type=int, default=None,
+                        help="DiT step of the sampling-steps sweep (default: the last of --steps)")
     parser.add_argument("--samples", type=int, default=500, help="generated images per FID")
     parser.add_argument("--reference", type=int, default=2000, help="first N test images as the FID reference")
     parser.add_argument("--probe-train", type=int, default=5000)
@@ -464,6 +467,7 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="write the tables and plots into docs/results.md")
     args = parser.parse_args()
     args.steps = sorted(args.steps)
+    args.sampling_at = args.sampling_at or args.steps[-1]
     ARMS.update(SVG=args.svg_config, VAE=args.vae_config)
 
     results = Results(args.out / "results.json")
