@@ -15,3 +15,15 @@ def fmnist_dir() -> Path:
     if not (FMNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.fail("Fashion-MNIST is missing: `make setup` installs the Debian package dataset-fashion-mnist")
     return FMNIST_DIR
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and small batches: one thread is as fast, and much faster when other jobs share the cores.
+
+    Modules of such tests use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

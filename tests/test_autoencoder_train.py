@@ -48,13 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 GAN_METRICS = ("loss", "rec_loss", "l1_loss", "lpips_loss", "gan_loss", "gan_weight", "disc_loss")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 def tiny_config(out_dir: Path, optimizer: dict | None = None, **engine) -> AutoencoderTrainConfig:

@@ -24,7 +24,7 @@ from svg_diffusion.evaluation.probe import (
     probe_encoders,
     standardize,
 )
-from test_pretrain_encoder import one_thread  # noqa: F401 (autouse: these small problems run fastest on one thread)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: see conftest.py
 
 
 def pixels(split: str, count: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,13 +17,7 @@ from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction, for
 COUNT = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batches: one thread is as fast, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ DECODER = {"z_channels": 4, "resolution": 16, "ch": 32, "ch_mult": [1, 2, 2], "n
 MODEL = {"kind": "vae", "image_size": 16, "latent_channels": 4, "kl_weight": 1e-6, "decoder": DECODER}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 def tiny_vae(seed: int = 0) -> KLAutoencoder:

@@ -128,10 +128,6 @@ class KLAutoencoder(nn.Module):
         self.encoder = ConvEncoder(config.decoder, config.latent_channels)
         self.decoder = Decoder(config.decoder)
 
-    @classmethod
-    def from_config(cls, config: VAEConfig) -> KLAutoencoder:
-        return cls(config)
-
     @property
     def latent_channels(self) -> int:
         return self.config.latent_channels
