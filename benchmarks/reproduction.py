@@ -16,7 +16,13 @@ segment; the constant learning rate does not depend on it):
 3. ``probe``: the fixed linear probe / k-NN protocol (``evaluation.probe``) on the flattened 8x8 maps of the
    demo encoder's features, the SVG latent, the VAE latent, and on raw pixels;
 4. ``reconstruction``: the VAE evaluated like the SVG autoencoders (eval-autoencoder, first 2000 test
-   images), next to the demo SVG autoencoder and the ablation's variants (their saved JSON).
+   images), next to the demo SVG autoencoder and the ablation's variants (their saved JSON);
+5. ``shift``: the SVG arm retrained with each training time shift of ``--shifts`` (everything else equal),
+   FID at each of ``--steps`` with the config's sampler, and at the last step also with the sampling shift
+   set to the training shift (for every SVG arm, the main one included).
+
+Several processes may share one results.json (e.g. one per ``--arms`` or ``--shifts`` value, each on its own core):
+every write re-reads the file under a lock and changes only its own entry.
 
 FID: ``--samples`` generated images (classes balanced, sample i from seed (0, i), DiT in bf16) against the
 Inception statistics of the first ``--reference`` Fashion-MNIST test images (cached by ``evaluation``).
@@ -33,6 +39,7 @@ is trained here like the VAE arm.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import platform
 import re
@@ -63,6 +70,7 @@ DOCS = REPO / "docs" / "results.md"
 IMAGES = REPO / "docs" / "images"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
 ARMS = {"SVG": REPO / "configs/demo/diffusion.yaml", "VAE": REPO / "configs/demo/vae_diffusion.yaml"}  # --svg/--vae-config
+SHIFT_ARMS: dict[str, float] = {}  # "SVG shift k" -> training shift k (--shifts): the SVG config with flow.shift=k
 SVG_AUTOENCODER_EVAL = REPO / "runs/demo/autoencoder/eval" / METRICS_FILE
 ABLATION = REPO / "runs/ablation/autoencoder"
 ABLATION_VARIANTS = {"encoder only": "encoder_only", "+ residual": "residual", "+ residual + alignment": "residual_alignment"}
@@ -71,11 +79,15 @@ FREE_ENGINE_KEYS = {"out_dir", "max_steps", "keep_last_checkpoints", "log_every"
 
 
 class Results:
-    """results.json: nested dict written atomically after every measurement."""
+    """results.json: nested dict written atomically after every measurement, safe to share between processes
+    (a write re-reads the file under an exclusive lock, so another process's entries are kept)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        self.data = self._read()
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def get(self, *keys):
         node = self.data
@@ -86,13 +98,23 @@ class Results:
         return node
 
     def put(self, value, *keys) -> None:
-        node = self.data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
+        self._update(lambda _: value, keys)
+
+    def add(self, amount: float, *keys) -> None:
+        """Add to a number (missing: 0), e.g. wall time of a stage that several processes share."""
+        self._update(lambda old: (old or 0) + amount, keys)
+
+    def _update(self, new_value, keys) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.data = self._read()
+            node = self.data
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = new_value(node.get(keys[-1]))
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(self.data, indent=2) + "\n")
 
 
 def log(message: str) -> None:
@@ -104,10 +126,15 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def run_dir(arm: str, out: Path) -> Path:
+    return out / (re.sub(r"[^a-z0-9]+", "_", arm.lower()) + "_dit")  # svg_dit, vae_dit, svg_shift_3_dit
+
+
 def arm_config(arm: str, out: Path, max_steps: int) -> DiffusionTrainConfig:
-    run_dir = out / f"{arm.lower()}_dit"
-    return load_config(DiffusionTrainConfig, ARMS[arm], [f"engine.out_dir={run_dir}", f"engine.max_steps={max_steps}",
-                                                           "engine.keep_last_checkpoints=3"])
+    overrides = [f"engine.out_dir={run_dir(arm, out)}", f"engine.max_steps={max_steps}", "engine.keep_last_checkpoints=3"]
+    if arm in SHIFT_ARMS:
+        return load_config(DiffusionTrainConfig, ARMS["SVG"], overrides + [f"flow.shift={SHIFT_ARMS[arm]}"])
+    return load_config(DiffusionTrainConfig, ARMS[arm], overrides)
 
 
 def recipe(config: dict) -> dict:
@@ -177,23 +204,24 @@ class FID:
         self.reference = fid_stats("fashion_mnist:test", self.inception, image_size=32, limit=args.reference, progress=True)
         self.samples = args.samples
 
-    def __call__(self, pipe, num_steps: int, guidance_scale: float) -> dict:
+    def __call__(self, pipe, num_steps: int, guidance_scale: float, shift: float | None = None) -> dict:
+        """FID of ``self.samples`` images; ``shift``: the sampling time shift (default: the pipeline's)."""
         started = time.perf_counter()
         labels = class_labels(pipe, num=self.samples)
         images = np.concatenate([pixels for _, pixels in iter_samples(
             pipe, labels, range(len(labels)), seed=0, batch_size=250, num_steps=num_steps,
-            guidance_scale=guidance_scale, precision="bf16")])
+            guidance_scale=guidance_scale, shift=shift, precision="bf16")])
         sampled = time.perf_counter()
         stats = fid_stats(images, self.inception, progress=True)
         return {"fid": frechet_distance(self.reference, stats), "samples": len(images), "num_steps": num_steps,
-                "guidance_scale": guidance_scale, "sampling_s": sampled - started,
-                "inception_s": time.perf_counter() - sampled}
+                "guidance_scale": guidance_scale, "shift": pipe.sampling.shift if shift is None else shift,
+                "sampling_s": sampled - started, "inception_s": time.perf_counter() - sampled}
 
 
-def measure_fid_vs_steps(args, results: Results, fid: FID) -> None:
+def measure_fid_vs_steps(args, results: Results, fid: FID, arms=None) -> None:
     default = load_config(DiffusionTrainConfig, ARMS["SVG"]).sampling
     for step in args.steps:
-        for arm in ARMS:
+        for arm in arms or args.arms:
             if results.get("fid", arm, str(step)) is not None:
                 continue
             pipe = pipeline_at(arm, checkpoint_at(arm, step, args, results), args)
@@ -206,7 +234,7 @@ def measure_fid_vs_sampling(args, results: Results, fid: FID) -> None:
     step, cfg = args.sampling_at, load_config(DiffusionTrainConfig, ARMS["SVG"]).sampling.guidance.scale
     settings = [(n, scale) for scale in (cfg, 1.0) for n in args.sampling_steps]
     for num_steps, scale in settings:
-        for arm in ARMS:
+        for arm in args.arms:
             key = f"{num_steps}/{scale:g}"
             if results.get("sampling", arm, key) is not None:
                 continue
@@ -218,6 +246,21 @@ def measure_fid_vs_sampling(args, results: Results, fid: FID) -> None:
             result = fid(pipe, num_steps, scale)
             results.put({**result, "dit_step": step}, "sampling", arm, key)
             log(f"{arm} step {step}, {num_steps} sampling steps, CFG {scale:g}: FID {result['fid']:.2f}")
+
+
+def measure_shift_ablation(args, results: Results, fid: FID) -> None:
+    """The SVG arm with other training time shifts: the FID curve, and at the last step the FID with the
+    sampling shift equal to the training shift (for the main SVG arm too, whose training shift is the config's)."""
+    measure_fid_vs_steps(args, results, fid, arms=tuple(SHIFT_ARMS))
+    step, default = args.steps[-1], load_config(DiffusionTrainConfig, ARMS["SVG"])
+    for arm in ("SVG", *SHIFT_ARMS):
+        training_shift = SHIFT_ARMS.get(arm, default.flow.shift)
+        if results.get("matched_shift", arm, str(step)) is not None:
+            continue
+        pipe = pipeline_at(arm, checkpoint_at(arm, step, args, results), args)
+        result = fid(pipe, default.sampling.num_steps, default.sampling.guidance.scale, shift=training_shift)
+        results.put(result, "matched_shift", arm, str(step))
+        log(f"{arm} step {step}, sampling shift {training_shift:g}: FID {result['fid']:.2f}")
 
 
 def measure_probe(args, results: Results) -> None:
@@ -291,9 +334,12 @@ def plot(results: Results, args) -> list[Path]:
     written = []
     if results.get("fid"):
         fig, ax = plt.subplots(figsize=(5, 3.5))
+        shifts = results.get("shift_arms") or {}
         for arm, points in results.get("fid").items():
             steps = sorted(int(s) for s in points)
-            ax.plot(steps, [points[str(s)]["fid"] for s in steps], marker="o", label=f"{arm} latents")
+            label = f"SVG latents, training shift {shifts[arm]:g}" if arm in shifts else f"{arm} latents"
+            ax.plot(steps, [points[str(s)]["fid"] for s in steps], marker="o", label=label,
+                    linestyle="--" if arm in shifts else "-")
         ax.set(xlabel="DiT training steps (batch 128)", ylabel="FID", title="Generation FID vs training steps")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -330,6 +376,7 @@ def minutes(seconds: float | None) -> str:
 def preamble(results: Results, args) -> list[str]:
     setting, wall = results.get("setting") or {}, results.get("wall_s") or {}
     stages = ", ".join(f"{stage} {minutes(t)}" for stage, t in (wall.get("stages") or {}).items())
+    threads = ", ".join(f"{stage} {n}" for stage, n in (setting.get("threads") or {}).items())
     borrowed = [s for s in args.steps if checkpoint_path(args.svg_checkpoints, s).is_file()]
     training = "; ".join(f"{arm} " + ", ".join(f"to {s}: {minutes(t)}" for s, t in runs.items())
                          for arm, runs in (wall.get("dit_training") or {}).items())
@@ -359,7 +406,8 @@ def preamble(results: Results, args) -> list[str]:
         "  arm: trained by the script in segments (exact resume; the constant learning rate after warmup does not",
         "  depend on `max_steps`).",
         f"- Machine: {setting.get('machine', '?')}, a 2-core CPU shared with other jobs (timings are not speeds of",
-        f"  the methods). Wall time per stage: {stages or '?'}; of which DiT training: {training or '?'}.",
+        f"  the methods); torch threads per stage: {threads or '?'}. Time per stage (summed over processes where",
+        f"  several ran one stage side by side): {stages or '?'}; of which DiT training: {training or '?'}.",
         "",
     ]
 
@@ -410,7 +458,33 @@ def markdown(results: Results, args) -> str:
                          f"{r['lpips']:.4f} | {r['rfid']:.1f} |")
     else:
         lines += ["Not measured."]
-    return "\n".join(lines)
+    return "\n".join(lines + shift_table(results))
+
+
+def shift_table(results: Results) -> list[str]:
+    """(5): FID of the SVG arm per training time shift (columns), DiT steps (rows), and with matched sampling shift."""
+    shifts = results.get("shift_arms") or {}
+    if not shifts:
+        return []
+    default = load_config(DiffusionTrainConfig, ARMS["SVG"])
+    columns = {"SVG": default.flow.shift, **shifts}
+    fid = results.get("fid") or {}
+    steps = sorted({int(s) for arm in columns for s in fid.get(arm, {})})
+    about = ("The SVG arm retrained with other flow-matching time shifts k (`--set flow.shift=k`; everything else "
+             "as above; the first column is the SVG arm of (1)). Rows: FID with the config's sampler (25 Euler steps, "
+             f"CFG {default.sampling.guidance.scale:g}, sampling shift {default.sampling.shift:g}); last row: the same "
+             "checkpoints sampled with the sampling shift equal to the training shift. The VAE arm (training shift "
+             f"{default.flow.shift:g}) is repeated for reference.")
+    lines = ["", "### (5) The SVG arm's training time shift", "", about, "",
+             "| DiT steps | " + " | ".join(f"k = {k:g}" for k in columns.values()) + " | VAE |",
+             "|---:|" + "---:|" * (len(columns) + 1)]
+    lines += [f"| {s} | " + " | ".join(fid_cell(results.get("fid", arm, str(s))) for arm in (*columns, "VAE")) + " |"
+              for s in steps]
+    if steps:
+        last = str(steps[-1])
+        lines.append(f"| {last}, sampling shift = k | "
+                     + " | ".join(fid_cell(results.get("matched_shift", arm, last)) for arm in columns) + " | |")
+    return lines
 
 
 def copy_sample_grids(args) -> list[str]:
@@ -462,19 +536,29 @@ def main() -> None:
                         help="checkpoints of a configs/demo/diffusion.yaml run to use for the SVG arm")
     parser.add_argument("--svg-config", type=Path, default=ARMS["SVG"], help="the SVG arm's diffusion config")
     parser.add_argument("--vae-config", type=Path, default=ARMS["VAE"], help="the VAE arm's diffusion config")
-    parser.add_argument("--only", nargs="+", choices=["reconstruction", "fid", "probe", "sampling", "docs"],
-                        default=["fid", "reconstruction", "probe", "sampling"])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                        help="main arms to measure in the fid and sampling stages (e.g. one per process)")
+    parser.add_argument("--shifts", type=float, nargs="+", default=[],
+                        help="training time shifts k for the SVG arm's ablation (the 'shift' stage)")
+    parser.add_argument("--only", nargs="+", choices=["reconstruction", "fid", "probe", "sampling", "shift", "docs"],
+                        default=["fid", "reconstruction", "probe", "sampling", "shift"])
     parser.add_argument("--docs", action="store_true", help="write the tables and plots into docs/results.md")
     args = parser.parse_args()
     args.steps = sorted(args.steps)
     args.sampling_at = args.sampling_at or args.steps[-1]
     ARMS.update(SVG=args.svg_config, VAE=args.vae_config)
+    SHIFT_ARMS.update({f"SVG shift {k:g}": k for k in args.shifts})
 
     results = Results(args.out / "results.json")
-    stages = [stage for stage in ("fid", "reconstruction", "probe", "sampling") if stage in args.only]  # by priority
+    stages = [stage for stage in ("fid", "reconstruction", "probe", "sampling", "shift") if stage in args.only]  # by priority
+    if "shift" in stages and not SHIFT_ARMS:
+        stages.remove("shift")
     if stages:
-        results.put({"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-                     "samples": args.samples, "reference": args.reference}, "setting")
+        for key, value in {"machine": f"{platform.machine()} CPU, torch {torch.__version__}",
+                           "samples": args.samples, "reference": args.reference}.items():
+            results.put(value, "setting", key)
+        for stage in stages:  # stages may run in different processes with different thread counts
+            results.put(torch.get_num_threads(), "setting", "threads", stage)
     fid = None
     for stage in stages:
         started = time.perf_counter()
@@ -485,8 +569,12 @@ def main() -> None:
         else:
             ensure_vae_cache()
             fid = fid or FID(args)
-            (measure_fid_vs_steps if stage == "fid" else measure_fid_vs_sampling)(args, results, fid)
-        results.put(time.perf_counter() - started + (results.get("wall_s", "stages", stage) or 0), "wall_s", "stages", stage)
+            if stage == "shift":
+                for arm, k in SHIFT_ARMS.items():
+                    results.put(k, "shift_arms", arm)
+            {"fid": measure_fid_vs_steps, "sampling": measure_fid_vs_sampling,
+             "shift": measure_shift_ablation}[stage](args, results, fid)
+        results.add(time.perf_counter() - started, "wall_s", "stages", stage)
         if args.docs:
             write_docs(results, args)
     if args.docs and not stages:

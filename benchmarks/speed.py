@@ -1,7 +1,7 @@
 """Speed of sampling and training, the plain path against the optimized ones (issue 6; docs/results.md).
 
     python benchmarks/speed.py [--device cpu|cuda] [--sizes S XL] [--threads 2] [--reps 3] [--sample-batch 4]
-                                [--train-batch 8] [--skip sampling|training] [--no-docs]
+                                [--train-batch 8] [--skip sampling|training] [--no-compile] [--no-docs]
 
 For each DiT size at the paper's latent shape (392x16x16) it measures
 
@@ -16,8 +16,9 @@ gives the throughput, the ratio to the plain path, the largest absolute differen
 output (sampling: the final latents from the same noise; training: the loss of one step from the same
 weights and draws) and the spread (max - min) / median of the repetitions. Repetitions of the paths are
 interleaved (path A, B, C, A, B, C, ...) and the median is reported, so a change of the machine's load hits
-every path alike. With ``--device cuda`` the table also gives the model FLOP utilization (DiT FLOPs from
-``torch.utils.flop_counter`` on the meta device, against a measured bf16 matmul peak) and peak memory.
+every path alike. The table also gives the model FLOP utilization (DiT FLOPs from ``torch.utils.flop_counter``
+on the meta device, against the bf16 matmul peak measured on the same device and threads) and, on CUDA, the
+peak memory.
 
 The table is printed and, unless ``--no-docs``, written into ``docs/results.md`` between the markers
 ``<!-- speed:<device>:begin -->`` and ``<!-- speed:<device>:end -->`` with the machine and the command.
@@ -128,6 +129,7 @@ class Settings:
     train_iters: int  # training steps per timed run
     reps: dict[str, int]  # timed runs per path, interleaved across paths
     train_compile_sizes: tuple[str, ...]  # sizes whose ladder includes the compiled training row
+    compile: bool = True  # False: no compiled row at all (--no-compile)
 
 
 def default_settings(device: torch.device) -> Settings:
@@ -177,18 +179,16 @@ def forward_flops(size: str) -> tuple[float, float]:
     return float(forward.get_total_flops()), float(training.get_total_flops())
 
 
-def matmul_peak(device: torch.device, n: int = 8192, iters: int = 20) -> float:
-    """Measured bf16 matmul FLOP/s of the GPU: the peak that model FLOP utilization is relative to."""
+def matmul_peak(device: torch.device) -> float:
+    """Measured bf16 matmul FLOP/s of the device (n x n products; on the CPU with the torch threads set): the
+    peak that model FLOP utilization is relative to."""
+    n, iters = (8192, 20) if device.type == "cuda" else (2048, 5)
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    torch.cuda.synchronize(device)
-    return iters * 2 * n**3 / (time.perf_counter() - start)
+    seconds, _ = timed(lambda: [a @ b for _ in range(iters)], device)
+    return iters * 2 * n**3 / seconds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -314,21 +314,22 @@ def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak
     generator = torch.Generator(device).manual_seed(0)
     noise = torch.randn(batch, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE, generator=generator, device=device)
     labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator, device=device)
-    runners = {path.name: compile_for_sampling(model) if path.compiled else model for path in SAMPLING_PATHS}
+    paths = [p for p in SAMPLING_PATHS if settings.compile or not p.compiled]
+    runners = {path.name: compile_for_sampling(model) if path.compiled else model for path in paths}
 
     def run(path: SamplingPath, steps: int) -> torch.Tensor:
         return sample_latents(runners[path.name], path, noise, labels, time_grid(steps, SAMPLING_SHIFT, device))
 
     warmup, outputs = {}, {}  # the warm-up run (compilation included) gives the latents compared
-    for path in SAMPLING_PATHS:
+    for path in paths:
         print(f"  warm-up ({parity_steps} steps): {path.name}", flush=True)
         warmup[path.name], outputs[path.name] = timed(lambda path=path: run(path, parity_steps), device)
     plain = outputs[PLAIN_SAMPLING.name].float()
     diffs = {name: (out.float() - plain).abs().max().item() for name, out in outputs.items()}
-    measured = measure({p.name: lambda p=p: run(p, timed_steps) for p in SAMPLING_PATHS}, settings.reps[size], device)
+    measured = measure({p.name: lambda p=p: run(p, timed_steps) for p in paths}, settings.reps[size], device)
     # Every step costs the same (CFG runs both branches throughout): scale the runs' times to 25 steps.
     times = {name: [t * SAMPLING_STEPS / timed_steps for t in ts] for name, ts in measured.times.items()}
-    flops = forward_flops(size)[0] * 2 * batch * SAMPLING_STEPS if device.type == "cuda" else None
+    flops = forward_flops(size)[0] * 2 * batch * SAMPLING_STEPS
     rows = rows_from(size, list(times), batch, flops, peak_flops, warmup, diffs, times, measured.peaks)
     notes = [f"sampling {size}: batch {batch} per CFG branch; max |plain latents| = {plain.abs().max().item():.2f}"
              + cpu_share_note(measured, device)]
@@ -341,8 +342,9 @@ def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak
 def benchmark_training(size: str, device: torch.device, settings: Settings, peak_flops: float | None
                        ) -> tuple[list[Row], list[str]]:
     batch, iters = settings.train_batch[size], settings.train_iters
-    paths = [p for p in TRAINING_PATHS if not p.compiled or size in settings.train_compile_sizes]
+    paths = [p for p in TRAINING_PATHS if not p.compiled or (settings.compile and size in settings.train_compile_sizes)]
     print(f"training {size}: batch {batch}, {iters} step(s) per repetition", flush=True)
+    torch.manual_seed(0)  # the random autoencoder, so the plain loss is the same in every run
     with warnings.catch_warnings():  # "random weights" for DINOv3: fine for timing
         warnings.simplefilter("ignore")
         autoencoder = SVGAutoencoder.from_config(AutoencoderConfig()).to(device).eval()
@@ -380,13 +382,15 @@ def benchmark_training(size: str, device: torch.device, settings: Settings, peak
         run()
     measured = measure(runs, settings.reps[size], device)
     diffs = {name: abs(loss - losses[PLAIN_TRAINING.name]) for name, loss in losses.items()}
-    flops = forward_flops(size)[1] * batch * iters if device.type == "cuda" else None
+    flops = forward_flops(size)[1] * batch * iters
     rows = rows_from(size, list(runs), iters, flops, peak_flops, warmup, diffs, measured.times, measured.peaks)
     notes = [(f"training {size}: batch {batch}; plain loss {losses[PLAIN_TRAINING.name]:.4f}; the trainer's EMA "
               f"update (not in the timed step) takes {ema_seconds:.3f} s; one AdamW step alone takes "
               f"{adamw_seconds[False]:.3f} s (default implementation) and {adamw_seconds[True]:.3f} s (fused=True)"
               + cpu_share_note(measured, device))]
-    if len(paths) < len(TRAINING_PATHS):
+    if not settings.compile:
+        notes.append(f"training {size}: no compiled rows (--no-compile)")
+    elif len(paths) < len(TRAINING_PATHS):
         notes.append(f"training {size}: no compiled row on {device.type} (compile time and a second optimizer state)")
     return rows, notes
 
@@ -451,18 +455,17 @@ def cpu_model() -> str:
 
 
 def table(rows: list[Row], unit: str, gpu: bool) -> str:
-    head = f"| config | path | {unit} | × plain | max abs diff | spread | warm-up s |"
-    rule = "|---|---|---|---|---|---|---|"
+    head = f"| config | path | {unit} | × plain | max abs diff | spread | warm-up s | MFU |"
+    rule = "|---|---|---|---|---|---|---|---|"
     if gpu:
-        head, rule = head + " MFU | peak GiB |", rule + "---|---|"
+        head, rule = head + " peak GiB |", rule + "---|"
     lines = [head, rule]
     for r in rows:
+        mfu = "" if r.mfu is None else f"{r.mfu:.1%}"
         line = (f"| {r.config} | {r.path} | {r.per_second:.3g} | {r.ratio:.2f} | {r.max_abs_diff:.1e} | "
-                f"{r.spread:.0%} | {r.warmup_s:.0f} |")
+                f"{r.spread:.0%} | {r.warmup_s:.0f} | {mfu} |")
         if gpu:
-            mfu = "" if r.mfu is None else f"{r.mfu:.0%}"
-            peak = "" if r.peak_gib is None else f"{r.peak_gib:.1f}"
-            line += f" {mfu} | {peak} |"
+            line += "" if r.peak_gib is None else f" {r.peak_gib:.1f} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -482,7 +485,7 @@ def report(device: torch.device, threads: int, size: str, sampling: list[Row], t
     lines += ["", f"- machine load: {load.describe(threads)}"]
     if peak_flops:
         lines.append(f"- MFU: DiT FLOPs (flop counter) / time / measured bf16 matmul peak "
-                     f"{peak_flops / 1e12:.0f} TFLOP/s; training counts forward + backward of the DiT only")
+                     f"{peak_flops / 1e12:.3g} TFLOP/s; training counts forward + backward of the DiT only")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines)
 
@@ -538,6 +541,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-batch", type=positive_int, help="sampling batch per CFG branch (default: S 4, XL 2 on CPU)")
     parser.add_argument("--train-batch", type=positive_int, help="training batch (default: S 8, XL 2 on CPU)")
     parser.add_argument("--skip", choices=["sampling", "training"], help="leave one benchmark out")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled rows")
     parser.add_argument("--docs", type=Path, default=RESULTS, help="the results file to update")
     parser.add_argument("--no-docs", action="store_true", help="print only")
     return parser.parse_args(argv)
@@ -546,6 +550,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     """The device's default settings with the command line's --reps, --sample-batch and --train-batch."""
     settings = default_settings(torch.device(args.device))
+    if args.no_compile:
+        settings = replace(settings, compile=False)
     for option, value in ("reps", args.reps), ("sample_batch", args.sample_batch), ("train_batch", args.train_batch):
         if value is not None:
             settings = replace(settings, **{option: {size: value for size in args.sizes}})
@@ -559,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SVGError("--device cuda: no CUDA device is available (use --device cpu)")
     torch.set_num_threads(args.threads)
     settings = settings_from(args)
-    peak_flops = matmul_peak(device) if device.type == "cuda" else None
+    peak_flops = matmul_peak(device)
     for size in args.sizes:  # each size's block is written as soon as it is measured
         load = Load()
         sampling, training, notes = [], [], []

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """Run ``script args...`` as two gloo processes under torchrun (one thread each); fail with its stderr.
+
+    ``--standalone`` lets the rendezvous bind a free port itself: picking one here and handing it over races
+    with any other process that binds in between.
+    """
+
+    def run(script: str | Path, *args: str | Path, timeout: float = 300, cwd: Path | None = None) -> None:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   str(script), *map(str, args)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd or Path(script).parent,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    return run

@@ -8,8 +8,6 @@ process trains (and evaluates) with ``worker``, then the test repeats the run in
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -191,19 +189,9 @@ def worker(out_dir: Path) -> None:
     (out_dir / f"eval_rank{os.environ['RANK']}.json").write_text(json.dumps(metrics))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # a 2-process and a 1-process run: about half a minute on 2 idle cores, minutes on busy ones
-def test_two_processes_train_and_evaluate_like_one(tmp_path, fmnist_dir):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), __file__, str(tmp_path / "ddp")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          cwd=Path(__file__).parent)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_two_processes_train_and_evaluate_like_one(tmp_path, fmnist_dir, torchrun):
+    torchrun(__file__, tmp_path / "ddp")
 
     single = train_autoencoder(tiny_config(tmp_path / "single" / "run", DDP_OPTIMIZER))
     for key in GAN_METRICS:

@@ -3,10 +3,7 @@ images and a tiny DiT: the loss falls, the run leaves a pipeline that samples, r
 online latents train identically, and two gloo processes under torchrun compute what one process computes.
 """
 
-import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -204,19 +201,9 @@ def worker(out_dir: Path, autoencoder_dir: Path) -> None:
                   progress=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # three processes start and import torch: ~30 s on 2 idle cores, minutes on busy ones
-def test_two_processes_equal_one_process(tmp_path, autoencoder_dir):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), __file__, str(tmp_path / "ddp"), str(autoencoder_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parent)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_two_processes_equal_one_process(tmp_path, autoencoder_dir, torchrun):
+    torchrun(__file__, tmp_path / "ddp", autoencoder_dir)
 
     pipeline = train_diffusion(tiny_config(tmp_path / "single", autoencoder_dir, **RUN))
     ours, theirs = losses(tmp_path / "single"), losses(tmp_path / "ddp" / "run")

@@ -7,8 +7,6 @@ process and compares loss trajectories and final weights.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -43,24 +41,14 @@ def worker(out_dir: Path) -> None:
     (out_dir / f"report_rank{rank}.json").write_text(json.dumps(report))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def trajectory(out_dir: Path, key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in read_records(out_dir / "metrics.jsonl") if key in r]
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory) -> Path:
+def two_process_runs(tmp_path_factory, torchrun) -> Path:
     out_dir = tmp_path_factory.mktemp("ddp")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               __file__, str(out_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=Path(__file__).parent)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(__file__, out_dir, timeout=240)
     return out_dir
 
 

@@ -8,9 +8,7 @@ process (the head's cross-rank BatchNorm and KoLeo) is a slow test.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +30,6 @@ from svg_diffusion.encoders.pretrain import (
     pretrain_encoder,
 )
 from svg_diffusion.training import Engine, checkpoint_path, load_checkpoint, read_records
-from test_engine_distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,16 +205,12 @@ def _distributed_config(out_dir) -> PretrainEncoderConfig:
 
 
 @pytest.mark.slow
-def test_two_processes_compute_what_one_process_computes(fmnist_dir, tmp_path):
+def test_two_processes_compute_what_one_process_computes(fmnist_dir, tmp_path, torchrun):
     one, two = tmp_path / "one", tmp_path / "two"
     pretrain_encoder(_distributed_config(one))
     shutil.copytree(one, two)
     checkpoint_path(two, DISTRIBUTED_STEPS).unlink()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               __file__, str(two)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO / "tests",
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(__file__, two)
     single = load_checkpoint(checkpoint_path(one, DISTRIBUTED_STEPS))
     double = load_checkpoint(checkpoint_path(two, DISTRIBUTED_STEPS))
     for key, value in single["modules"]["student"].items():

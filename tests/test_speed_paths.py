@@ -181,3 +181,40 @@ def test_compiled_fused_training_step_matches_eager(training_case):
     # The benchmark's optimized row (bf16 too) against the plain path, at the bf16 tolerance.
     _, bf16_grads, _ = run_step(training_case, speed.TRAINING_PATHS[-1])
     assert relative_error(bf16_grads, grads) < 0.03
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The benchmark itself: FLOP count and a small end-to-end run
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["S", "XL"])
+def test_flop_count_matches_the_transformer_arithmetic(size):
+    """MFU's numerator: per sample and block, 24 D^2 FLOPs per token in the Linears (qkv, proj, MLP 4x) and
+    4 N D in attention; plus the patch embedding and final layer; adaLN and embeddings are per sample (<1%)."""
+    config = speed.dit_config(size)
+    d, n, c = config.hidden_size, config.input_size**2, config.in_channels
+    expected = config.depth * n * (24 * d * d + 4 * n * d) + 2 * n * c * d * 2
+    forward, training = speed.forward_flops(size)
+    assert expected <= forward < 1.01 * expected
+    assert training == pytest.approx(3 * forward, rel=0.01)  # backward = 2x forward
+
+
+def test_benchmark_runs_end_to_end_and_writes_its_tables(tmp_path, capsys):
+    """The whole script on the CPU at its smallest settings (compiled rows out): both tables, the plain row as
+    the baseline, the exact switches exact, an MFU for every row, and the block written between its markers."""
+    docs = tmp_path / "results.md"
+    docs.write_text("# Results\n\n<!-- speed:cpu:S:begin -->\nold\n<!-- speed:cpu:S:end -->\n\nafter\n")
+    speed.main(["--sizes", "S", "--reps", "1", "--sample-batch", "1", "--train-batch", "1", "--threads", "1",
+                "--no-compile", "--docs", str(docs)])
+    text = docs.read_text()
+    assert "old" not in text and text.endswith("\nafter\n") and text.count("speed:cpu:S:begin") == 1
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+                                          if line.startswith("| S |"))}
+    assert set(rows) == {p.name for p in speed.SAMPLING_PATHS + speed.TRAINING_PATHS if not p.compiled}
+    for name in (speed.PLAIN_SAMPLING.name, speed.PLAIN_TRAINING.name):
+        assert rows[name][3] == "1.00" and float(rows[name][4]) == 0
+    assert float(rows["batched CFG"][4]) < 1e-4 and float(rows["cached latents"][4]) == 0
+    assert all(0 < float(cells[7].rstrip("%")) < 100 for cells in rows.values())  # MFU
+    assert "measured bf16 matmul peak" in text and "no compiled rows (--no-compile)" in text
+    assert "written to" in capsys.readouterr().out
