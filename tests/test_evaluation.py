@@ -6,8 +6,10 @@ Inception runs at ~15 images/s on 2 CPU cores, so the module computes features o
 """
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -186,6 +188,31 @@ def test_cache_key_follows_split_limit_and_image_size(fmnist_dir):
                 key("fashion_mnist:train")}) == 4
     # The key is the pixels', not the name's: the same images as a tensor have the same key.
     assert inception_cache_key(open_image_source(FashionMNIST("test", limit=8).as_uint8())) == base
+
+
+def test_cache_lists_entries_by_last_use_and_prunes_idle_ones(tmp_path, capsys):
+    store, day = FeatureCache(tmp_path), 86400
+    for key, count, idle_days in (("a", 3, 10), ("b", 5, 2), ("c", 7, 0)):
+        store.save(key, features=np.zeros((count, 4), np.float32), mu=np.zeros(4), sigma=np.eye(4),
+                   count=np.int64(count), source=np.array(f"source {key}"))
+        os.utime(store.path(key), (time.time() - idle_days * day,) * 2)
+    store.path("old").write_bytes(b"not an npz")  # e.g. written by an older version
+    os.utime(store.path("old"), (time.time() - 20 * day,) * 2)
+    assert [(e.source, e.count) for e in store.entries()] == [
+        ("(unreadable, or of an older version)", 0), ("source a", 3), ("source b", 5), ("source c", 7)]
+
+    assert store.load("a", ("count",))["count"] == 3  # reading marks the entry used
+    assert store.entries()[-1].source == "source a"
+    assert main(["feature-cache", "--cache-dir", str(tmp_path), "--older-than", "1"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert sorted(e.source for e in store.entries()) == ["source a", "source c"]
+    assert main(["feature-cache", "--cache-dir", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert "source c" in listing[0] and "source a" in listing[1] and listing[2].startswith("2 entries")
+    assert main(["feature-cache", "--cache-dir", str(tmp_path), "--older-than", "-1"]) == 2
+    assert "at least 0 days" in capsys.readouterr().err
+    assert main(["feature-cache", "--cache-dir", str(tmp_path), "--clear"]) == 0
+    assert store.entries() == []
 
 
 def run_cli(*args):

@@ -335,9 +335,36 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def add_feature_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("feature-cache", help="list or prune the cached Inception features of evaluate/FID",
+                       description="Lists the entries, least recently used first; --older-than/--clear delete.")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache folder (default $SVG_DIFFUSION_CACHE or ~/.cache/svg_diffusion)")
+    p.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                   help="delete the entries not used for more than DAYS days")
+    p.add_argument("--clear", action="store_true", help="delete every entry")
+
+    def run(args: argparse.Namespace) -> None:
+        from .evaluation import FeatureCache
+
+        store = FeatureCache(args.cache_dir)
+        if args.clear or args.older_than is not None:
+            removed = store.prune(0.0 if args.clear else args.older_than)
+            print(f"removed {len(removed)} entries ({sum(e.size_bytes for e in removed) / 2**20:.1f} MiB) "
+                  f"from {store.directory}")
+            return
+        entries = store.entries()
+        for entry in entries:
+            print(f"{entry.idle_days:7.1f} days  {entry.count:7d} images  {entry.size_bytes / 2**20:8.1f} MiB  "
+                  f"{entry.source}")
+        print(f"{len(entries)} entries, {sum(e.size_bytes for e in entries) / 2**20:.1f} MiB in {store.directory}")
+
+    p.set_defaults(handler=run)
+
+
 COMMANDS = [add_demo, add_encode, add_encoders, add_train_autoencoder, add_eval_autoencoder, add_convert_official,
             add_train, add_cache_latents, add_latent_stats, add_sample,
-            add_pretrain_encoder, add_probe, add_evaluate]
+            add_pretrain_encoder, add_probe, add_evaluate, add_feature_cache]
 
 
 def build_parser() -> argparse.ArgumentParser:

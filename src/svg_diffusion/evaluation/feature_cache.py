@@ -9,8 +9,10 @@ The key is a SHA-256 over: ``CACHE_FORMAT`` (changed whenever the feature pipeli
 Inception weights, and the exact uint8 pixels the network is fed, image by image in order with their shapes.
 So every change that could change the features gives a new key: an edited, added or removed file, another
 split, ``limit`` or ``image_size``, a change to the dataset code's resizing. A stale entry is never read
-again (delete the folder to reclaim the space). Computing the key costs one decoding pass over the source
-(about 1 s for the 10k Fashion-MNIST test images), which is small next to Inception itself.
+again; reading an entry marks it used (its modification time), so :meth:`FeatureCache.prune` (the CLI's
+``svg-diffusion feature-cache --older-than DAYS``) can drop the entries nobody has read for a while. Computing
+the key costs one decoding pass over the source (about 1 s for the 10k Fashion-MNIST test images), which is
+small next to Inception itself.
 
 Not part of the key: the device and the batch size, which change features only by float round-off.
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +56,19 @@ def inception_cache_key(dataset: Dataset, progress: bool | None = None) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    source: str  # the human-readable name it was computed from
+    count: int  # images
+    size_bytes: int
+    last_used: float  # seconds since the epoch: the last read or write
+
+    @property
+    def idle_days(self) -> float:
+        return (time.time() - self.last_used) / 86400
+
+
 class FeatureCache:
     """The entries under ``<directory>/inception``; ``directory`` defaults to ``default_cache_dir()``."""
 
@@ -68,11 +85,38 @@ class FeatureCache:
             return None
         try:
             with open_npz(path) as data:
-                return {name: data[name] for name in names}
+                arrays = {name: data[name] for name in names}
         except (SVGError, KeyError) as err:  # a damaged entry is recomputed, never trusted
             warnings.warn(f"ignoring the damaged cache entry {path} ({err}); it will be recomputed")
             return None
+        try:
+            os.utime(path)  # "last used", for prune(); a read-only cache is still read
+        except OSError:
+            pass
+        return arrays
 
     def save(self, key: str, **arrays: np.ndarray | str | int) -> Path:
         """Write entry ``key`` atomically (a concurrent reader sees the old entry or the whole new one)."""
         return save_npz(self.path(key), **arrays)
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry, least recently used first."""
+        found = []
+        for path in self.directory.glob("*.npz"):
+            try:
+                with open_npz(path) as data:
+                    source, count = str(data["source"]), int(data["count"])
+            except (SVGError, KeyError):
+                source, count = "(unreadable, or of an older version)", 0
+            stat = path.stat()
+            found.append(CacheEntry(path, source, count, stat.st_size, stat.st_mtime))
+        return sorted(found, key=lambda entry: entry.last_used)
+
+    def prune(self, older_than_days: float = 0.0) -> list[CacheEntry]:
+        """Delete the entries not used for more than ``older_than_days`` days (0: all); return them."""
+        if older_than_days < 0:
+            raise SVGError(f"--older-than must be at least 0 days, got {older_than_days:g}")
+        removed = [entry for entry in self.entries() if entry.idle_days > older_than_days]
+        for entry in removed:
+            entry.path.unlink(missing_ok=True)
+        return removed
