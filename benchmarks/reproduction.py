@@ -17,11 +17,12 @@ segment; the constant learning rate does not depend on it):
    demo encoder's features, the SVG latent, the VAE latent, and on raw pixels;
 4. ``reconstruction``: the VAE evaluated like the SVG autoencoders (eval-autoencoder, first 2000 test
    images), next to the demo SVG autoencoder and the ablation's variants (their saved JSON);
-5. ``shift``: the SVG arm retrained with each training time shift of ``--shifts`` (everything else equal),
-   FID at each of ``--steps`` with the config's sampler, and at the last step also with the sampling shift
-   set to the training shift (for every SVG arm, the main one included).
+5. ``variants``: arms that change the recipe of a main arm (``--variant NAME BASE KEY=VALUE ...``, e.g.
+   ``--variant "SVG shift 3" SVG flow.shift=3``), FID at each of ``--steps`` with the config's sampler, and
+   at the last step also with the sampling shift set to the training shift (for the variant, and for its
+   base arm when the variant changes ``flow.shift``).
 
-Several processes may share one results.json (e.g. one per ``--arms`` or ``--shifts`` value, each on its own core):
+Several processes may share one results.json (e.g. one per ``--arms`` or ``--variant``, each on its own core):
 every write re-reads the file under a lock and changes only its own entry.
 
 FID: ``--samples`` generated images (classes balanced, sample i from seed (0, i), DiT in bf16) against the
@@ -70,7 +71,7 @@ DOCS = REPO / "docs" / "results.md"
 IMAGES = REPO / "docs" / "images"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
 ARMS = {"SVG": REPO / "configs/demo/diffusion.yaml", "VAE": REPO / "configs/demo/vae_diffusion.yaml"}  # --svg/--vae-config
-SHIFT_ARMS: dict[str, float] = {}  # "SVG shift k" -> training shift k (--shifts): the SVG config with flow.shift=k
+VARIANTS: dict[str, dict] = {}  # name -> {"base": main arm, "overrides": ["key=value", ...]} (--variant)
 SVG_AUTOENCODER_EVAL = REPO / "runs/demo/autoencoder/eval" / METRICS_FILE
 ABLATION = REPO / "runs/ablation/autoencoder"
 ABLATION_VARIANTS = {"encoder only": "encoder_only", "+ residual": "residual", "+ residual + alignment": "residual_alignment"}
@@ -132,8 +133,8 @@ def run_dir(arm: str, out: Path) -> Path:
 
 def arm_config(arm: str, out: Path, max_steps: int) -> DiffusionTrainConfig:
     overrides = [f"engine.out_dir={run_dir(arm, out)}", f"engine.max_steps={max_steps}", "engine.keep_last_checkpoints=3"]
-    if arm in SHIFT_ARMS:
-        return load_config(DiffusionTrainConfig, ARMS["SVG"], overrides + [f"flow.shift={SHIFT_ARMS[arm]}"])
+    if arm in VARIANTS:
+        return load_config(DiffusionTrainConfig, ARMS[VARIANTS[arm]["base"]], overrides + VARIANTS[arm]["overrides"])
     return load_config(DiffusionTrainConfig, ARMS[arm], overrides)
 
 
@@ -221,7 +222,7 @@ class FID:
 def measure_fid_vs_steps(args, results: Results, fid: FID, arms=None) -> None:
     default = load_config(DiffusionTrainConfig, ARMS["SVG"]).sampling
     for step in args.steps:
-        for arm in arms or args.arms:
+        for arm in args.arms if arms is None else arms:
             if results.get("fid", arm, str(step)) is not None:
                 continue
             pipe = pipeline_at(arm, checkpoint_at(arm, step, args, results), args)
@@ -248,19 +249,22 @@ def measure_fid_vs_sampling(args, results: Results, fid: FID) -> None:
             log(f"{arm} step {step}, {num_steps} sampling steps, CFG {scale:g}: FID {result['fid']:.2f}")
 
 
-def measure_shift_ablation(args, results: Results, fid: FID) -> None:
-    """The SVG arm with other training time shifts: the FID curve, and at the last step the FID with the
-    sampling shift equal to the training shift (for the main SVG arm too, whose training shift is the config's)."""
-    measure_fid_vs_steps(args, results, fid, arms=tuple(SHIFT_ARMS))
-    step, default = args.steps[-1], load_config(DiffusionTrainConfig, ARMS["SVG"])
-    for arm in ("SVG", *SHIFT_ARMS):
-        training_shift = SHIFT_ARMS.get(arm, default.flow.shift)
+def measure_variants(args, results: Results, fid: FID) -> None:
+    """The variants of this command line: their FID curves, and at the last step the FID with the sampling
+    shift equal to the training shift (also for the base arm of a variant that changes the training shift)."""
+    names = [variant[0] for variant in args.variant]
+    measure_fid_vs_steps(args, results, fid, arms=tuple(names))
+    bases = [VARIANTS[name]["base"] for name in names
+             if any(o.startswith("flow.shift=") for o in VARIANTS[name]["overrides"])]
+    step = args.steps[-1]
+    for arm in dict.fromkeys(names + bases):
         if results.get("matched_shift", arm, str(step)) is not None:
             continue
+        config = arm_config(arm, args.out, step)
         pipe = pipeline_at(arm, checkpoint_at(arm, step, args, results), args)
-        result = fid(pipe, default.sampling.num_steps, default.sampling.guidance.scale, shift=training_shift)
+        result = fid(pipe, config.sampling.num_steps, config.sampling.guidance.scale, shift=config.flow.shift)
         results.put(result, "matched_shift", arm, str(step))
-        log(f"{arm} step {step}, sampling shift {training_shift:g}: FID {result['fid']:.2f}")
+        log(f"{arm} step {step}, sampling shift {config.flow.shift:g}: FID {result['fid']:.2f}")
 
 
 def measure_probe(args, results: Results) -> None:
@@ -334,12 +338,11 @@ def plot(results: Results, args) -> list[Path]:
     written = []
     if results.get("fid"):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        shifts = results.get("shift_arms") or {}
+        variants = results.get("variants") or {}
         for arm, points in results.get("fid").items():
             steps = sorted(int(s) for s in points)
-            label = f"SVG latents, training shift {shifts[arm]:g}" if arm in shifts else f"{arm} latents"
-            ax.plot(steps, [points[str(s)]["fid"] for s in steps], marker="o", label=label,
-                    linestyle="--" if arm in shifts else "-")
+            ax.plot(steps, [points[str(s)]["fid"] for s in steps], marker="o", linestyle="--" if arm in variants else "-",
+                    label=f"{arm} (variant)" if arm in variants else f"{arm} latents")
         ax.set(xlabel="DiT training steps (batch 128)", ylabel="FID", title="Generation FID vs training steps")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -458,32 +461,33 @@ def markdown(results: Results, args) -> str:
                          f"{r['lpips']:.4f} | {r['rfid']:.1f} |")
     else:
         lines += ["Not measured."]
-    return "\n".join(lines + shift_table(results))
+    return "\n".join(lines + variants_table(results))
 
 
-def shift_table(results: Results) -> list[str]:
-    """(5): FID of the SVG arm per training time shift (columns), DiT steps (rows), and with matched sampling shift."""
-    shifts = results.get("shift_arms") or {}
-    if not shifts:
+def variants_table(results: Results) -> list[str]:
+    """(5): FID of the main arms and their variants (rows) at each DiT step (columns)."""
+    variants = results.get("variants") or {}
+    if not variants:
         return []
-    default = load_config(DiffusionTrainConfig, ARMS["SVG"])
-    columns = {"SVG": default.flow.shift, **shifts}
-    fid = results.get("fid") or {}
-    steps = sorted({int(s) for arm in columns for s in fid.get(arm, {})})
-    about = ("The SVG arm retrained with other flow-matching time shifts k (`--set flow.shift=k`; everything else "
-             "as above; the first column is the SVG arm of (1)). Rows: FID with the config's sampler (25 Euler steps, "
-             f"CFG {default.sampling.guidance.scale:g}, sampling shift {default.sampling.shift:g}); last row: the same "
-             "checkpoints sampled with the sampling shift equal to the training shift. The VAE arm (training shift "
-             f"{default.flow.shift:g}) is repeated for reference.")
-    lines = ["", "### (5) The SVG arm's training time shift", "", about, "",
-             "| DiT steps | " + " | ".join(f"k = {k:g}" for k in columns.values()) + " | VAE |",
-             "|---:|" + "---:|" * (len(columns) + 1)]
-    lines += [f"| {s} | " + " | ".join(fid_cell(results.get("fid", arm, str(s))) for arm in (*columns, "VAE")) + " |"
-              for s in steps]
-    if steps:
-        last = str(steps[-1])
-        lines.append(f"| {last}, sampling shift = k | "
-                     + " | ".join(fid_cell(results.get("matched_shift", arm, last)) for arm in columns) + " | |")
+    rows = [*ARMS, *variants]
+    fid, matched = results.get("fid") or {}, results.get("matched_shift") or {}
+    steps = sorted({int(s) for arm in rows for s in fid.get(arm, {})})
+    last = str(steps[-1]) if steps else None
+    default = load_config(DiffusionTrainConfig, ARMS["SVG"]).sampling
+    about = ("Arms that change one or two settings of a main arm's recipe (`--variant NAME BASE KEY=VALUE ...` "
+             "of the script; the same as `--set KEY=VALUE` on `svg-diffusion train`), everything else as above. "
+             f"FID with the config's sampler (25 Euler steps, CFG {default.guidance.scale:g}, sampling shift "
+             f"{default.shift:g}); last column: the checkpoints of the last step sampled with the sampling shift "
+             "equal to the arm's training shift k.")
+    lines = ["", "### (5) Variants of the DiT recipe", "", about, "",
+             "| arm | recipe | " + " | ".join(f"step {s}" for s in steps) + f" | step {last}, sampling shift = k |",
+             "|---|---|" + "---:|" * (len(steps) + 1)]
+    for arm in rows:
+        recipe_text = ", ".join(f"`{o}`" for o in variants[arm]["overrides"]) if arm in variants else "as in (1)"
+        point = matched.get(arm, {}).get(last)
+        shift = "" if point is None else f"k = {point['shift']:g}: "
+        lines.append(f"| {arm} | {recipe_text} | " + " | ".join(fid_cell(fid.get(arm, {}).get(str(s))) for s in steps)
+                     + f" | {shift}{fid_cell(point) if point else '—'} |")
     return lines
 
 
@@ -538,21 +542,30 @@ def main() -> None:
     parser.add_argument("--vae-config", type=Path, default=ARMS["VAE"], help="the VAE arm's diffusion config")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                         help="main arms to measure in the fid and sampling stages (e.g. one per process)")
-    parser.add_argument("--shifts", type=float, nargs="+", default=[],
-                        help="training time shifts k for the SVG arm's ablation (the 'shift' stage)")
-    parser.add_argument("--only", nargs="+", choices=["reconstruction", "fid", "probe", "sampling", "shift", "docs"],
-                        default=["fid", "reconstruction", "probe", "sampling", "shift"])
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME BASE KEY=VALUE",
+                        help="a variant arm for the 'variants' stage: a main arm (SVG or VAE) with config overrides; "
+                             "repeat for more")
+    parser.add_argument("--only", nargs="+", choices=["reconstruction", "fid", "probe", "sampling", "variants", "docs"],
+                        default=["fid", "reconstruction", "probe", "sampling", "variants"])
     parser.add_argument("--docs", action="store_true", help="write the tables and plots into docs/results.md")
     args = parser.parse_args()
     args.steps = sorted(args.steps)
     args.sampling_at = args.sampling_at or args.steps[-1]
     ARMS.update(SVG=args.svg_config, VAE=args.vae_config)
-    SHIFT_ARMS.update({f"SVG shift {k:g}": k for k in args.shifts})
-
     results = Results(args.out / "results.json")
-    stages = [stage for stage in ("fid", "reconstruction", "probe", "sampling", "shift") if stage in args.only]  # by priority
-    if "shift" in stages and not SHIFT_ARMS:
-        stages.remove("shift")
+    VARIANTS.update(results.get("variants") or {})
+    for name, base, *overrides in args.variant:
+        variant = {"base": base, "overrides": overrides}
+        if base not in ARMS or not overrides or not all("=" in o for o in overrides):
+            parser.error(f"--variant {name}: expected NAME BASE KEY=VALUE..., with BASE one of {', '.join(ARMS)}")
+        if VARIANTS.get(name, variant) != variant or name in ARMS:
+            parser.error(f"--variant {name}: the name is taken by another recipe ({VARIANTS.get(name, 'a main arm')})")
+        VARIANTS[name] = variant
+        arm_config(name, args.out, 1)  # a bad key or value fails now, not after hours
+
+    stages = [stage for stage in ("fid", "reconstruction", "probe", "sampling", "variants") if stage in args.only]  # by priority
+    if "variants" in stages and not args.variant:
+        stages.remove("variants")
     if stages:
         for key, value in {"machine": f"{platform.machine()} CPU, torch {torch.__version__}",
                            "samples": args.samples, "reference": args.reference}.items():
@@ -569,11 +582,11 @@ def main() -> None:
         else:
             ensure_vae_cache()
             fid = fid or FID(args)
-            if stage == "shift":
-                for arm, k in SHIFT_ARMS.items():
-                    results.put(k, "shift_arms", arm)
+            if stage == "variants":
+                for name, *_ in args.variant:
+                    results.put(VARIANTS[name], "variants", name)
             {"fid": measure_fid_vs_steps, "sampling": measure_fid_vs_sampling,
-             "shift": measure_shift_ablation}[stage](args, results, fid)
+             "variants": measure_variants}[stage](args, results, fid)
         results.add(time.perf_counter() - started, "wall_s", "stages", stage)
         if args.docs:
             write_docs(results, args)
