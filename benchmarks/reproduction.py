@@ -495,7 +495,8 @@ def copy_sample_grids(args) -> list[str]:
     """Each arm's preview grid (the trainer's, CFG 4, same noise) at the last of ``--steps``, into docs/images."""
     lines, name = [], f"samples/step_{args.steps[-1]:08d}.png"
     for arm in ARMS:
-        found = [folder / name for folder in (args.out / f"{arm.lower()}_dit", args.svg_checkpoints) if (folder / name).is_file()]
+        folders = [run_dir(arm, args.out)] + ([args.svg_checkpoints] if arm == "SVG" else [])  # borrowed: SVG only
+        found = [folder / name for folder in folders if (folder / name).is_file()]
         if found:
             target = IMAGES / f"reproduction_samples_{arm.lower()}.png"
             with atomic_path(target) as tmp:

@@ -31,6 +31,7 @@ from svg_diffusion.evaluation import (
     fid,
     frechet_distance,
     inception_cache_key,
+    inception_score,
     precision_recall,
     source_features,
 )
@@ -89,14 +90,14 @@ def noise(inception):
 
 def test_inception_is_the_published_pool3_trunk_without_a_classifier(inception):
     # Every parameter is a convolution kernel (4-d) or a per-channel batch-norm vector (1-d): there is no
-    # fully connected layer, hence no logits and no Inception Score (SPEC §5's file; docs/evaluation.md).
+    # fully connected layer, hence no logits; the Inception Score needs a head file (SPEC §5; docs/evaluation.md).
     shapes = {name: p.ndim for name, p in inception.net.named_parameters()}
     assert len(shapes) == 376 and set(shapes.values()) == {1, 4}
     assert sum(ndim == 4 for ndim in shapes.values()) == 94
     features = inception(torch.zeros(2, 1, 28, 28))  # grayscale, any size: resized to 299x299
     assert features.shape == (2, FEATURE_DIM) and features.dtype == torch.float32
     assert not inception.training
-    with pytest.raises(SVGError, match="no fully connected layer"):
+    with pytest.raises(SVGError, match="needs the 1008-way classifier weights"):
         evaluate("fid,is", "fashion_mnist:test", "fashion_mnist:test")
 
 
@@ -244,6 +245,24 @@ def test_cli_statistics_file_as_a_source(tmp_path, first_half, second_half, seco
     assert f"num_real {HALF}" in lines and f"num_fake {HALF}" in lines
 
 
+def test_inception_score_of_generated_images_shares_the_inception_features(tmp_path, first_half, second_half,
+                                                                          second_half_folder, cache_dir, capsys):
+    """IS of a folder from a head file in pytorch-fid's format (random weights: the real head does not install
+    here), through evaluate() beside FID (one Inception pass per side) and through the CLI without --real."""
+    head = torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0)) * 0.05
+    torch.save({"fc.weight": head, "fc.bias": torch.zeros(1008)}, tmp_path / "pt_inception.pth")
+    expected = inception_score(second_half[0], head.double(), splits=4)
+    result = evaluate("fid,is", "fashion_mnist:test", second_half_folder, limit=HALF, cache_dir=cache_dir,
+                      inception_head=tmp_path / "pt_inception.pth", splits=4)
+    assert (result["is"], result["is_std"]) == pytest.approx(expected, rel=1e-9)
+    assert result["fid"] == pytest.approx(frechet_distance(first_half[1], second_half[1]), rel=1e-12)
+    assert 1 < expected[0] < 1008 and expected[1] > 0
+    assert main(["evaluate", "is", "--fake", str(second_half_folder), "--inception-head", str(tmp_path / "pt_inception.pth"),
+                 "--splits", "4", "--json", "--cache-dir", str(cache_dir)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "real" not in printed and printed["num_fake"] == HALF
+    assert (printed["is"], printed["is_std"]) == pytest.approx(expected, rel=1e-9)
+
 def test_cli_fd_encoder_with_an_encoder_folder(tmp_path, second_half_folder, test_pixels, capsys):
     torch.manual_seed(0)
     save_encoder(VisionTransformer(get_config("demo")), tmp_path / "encoder")
@@ -258,7 +277,9 @@ def test_cli_fd_encoder_with_an_encoder_folder(tmp_path, second_half_folder, tes
 
 
 @pytest.mark.parametrize("args, message", [
-    (["is", "--real", "fashion_mnist:test", "--fake", "fashion_mnist:test"], "Inception Score needs the 1008 class logits"),
+    (["is", "--fake", "fashion_mnist:test"], "needs the 1008-way classifier weights of the TF Inception"),
+    (["is", "--fake", "fashion_mnist:test", "--inception-head", "MISSING"], "weights file not found"),
+    (["fid", "--fake", "fashion_mnist:test"], "fid needs the real images (--real)"),
     (["fid,bogus", "--real", "fashion_mnist:test", "--fake", "fashion_mnist:test"], "unknown metric 'bogus'"),
     (["fid", "--real", "fashion_mnist:test"], "fid needs --fake"),
     (["fid", "--real", "fashion_mnist:valid", "--fake", "fashion_mnist:test"], "unknown split 'valid'"),
@@ -270,7 +291,7 @@ def test_cli_fd_encoder_with_an_encoder_folder(tmp_path, second_half_folder, tes
     (["pr", "--real", "STATS", "--fake", "fashion_mnist:test"], "holds only FID statistics"),
     (["fd-encoder", "--real", "fashion_mnist:test", "--fake", "fashion_mnist:test", "--encoder", "demo"],
      "needs a trained encoder"),
-    (["stats", "--real", "fashion_mnist:test"], "stats needs --out"),
+    (["stats", "--real", "fashion_mnist:test"], "stats needs --real SOURCE and --out"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, fmnist_dir, args, message, capsys):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
@@ -287,9 +308,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, fmnist_dir, args, messag
 
 
 def test_cli_bad_input_exit_status_from_the_shell():
-    result = run_cli("is", "--real", "fashion_mnist:test", "--fake", "fashion_mnist:test")
+    result = run_cli("is", "--fake", "fashion_mnist:test")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.count("\n") == 1 and "no fully connected layer" in result.stderr
+    assert result.stderr.count("\n") == 1 and "--inception-head FILE" in result.stderr
 
 
 @pytest.mark.slow

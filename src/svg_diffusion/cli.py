@@ -283,15 +283,15 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="FID, precision/recall, Fréchet distance in encoder space between two image sources",
+        "evaluate", help="FID, precision/recall, Inception Score, Fréchet distance in encoder space of image sources",
         description="Sources: an image folder, an .npz with uint8 NHWC images under 'arr_0', fashion_mnist:test "
                     "or fashion_mnist:train, or (FID only) an .npz of statistics 'mu' and 'sigma'. "
                     "See docs/evaluation.md.",
     )
     p.add_argument("metrics", metavar="METRICS",
-                   help="comma-separated, from fid, pr (precision/recall), fd-encoder; or 'stats' to write the "
-                        "Inception statistics of --real to --out ('is' explains why there is no Inception Score)")
-    p.add_argument("--real", required=True, help="the reference images (or statistics)")
+                   help="comma-separated, from fid, pr (precision/recall), is (Inception Score: needs "
+                        "--inception-head), fd-encoder; or 'stats' to write the Inception statistics of --real to --out")
+    p.add_argument("--real", default=None, help="the reference images (or statistics); not needed by 'is' alone")
     p.add_argument("--fake", default=None, help="the generated images (or statistics)")
     p.add_argument("--out", default=None, help="stats: the .npz to write")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of 'name value' lines")
@@ -300,6 +300,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=32, help="image size of fashion_mnist:<split> sources")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--k", type=int, default=3, help="pr: neighbours that set each point's radius")
+    p.add_argument("--inception-head", default=None, metavar="FILE",
+                   help="is: weights file with the TF Inception's fc.weight [1008, 2048] (e.g. pytorch-fid's "
+                        "pt_inception-2015-12-05-6726825d.pth); see docs/evaluation.md")
+    p.add_argument("--splits", type=int, default=10, help="is: splits of the samples (mean and std over them)")
     p.add_argument("--encoder", default=None, help="fd-encoder: encoder name or folder; default the shipped demo encoder")
     p.add_argument("--weights", default=None, help="fd-encoder: weights file for a named encoder")
     p.add_argument("--layer", type=int, default=None, help="fd-encoder: take this block's output (1-based)")
@@ -317,15 +321,15 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                       device=None if args.device == "auto" else args.device, cache=not args.no_cache,
                       cache_dir=args.cache_dir)
         if args.metrics == "stats":
-            if args.out is None:
-                raise SVGError("stats needs --out FILE.npz")
+            if args.out is None or args.real is None:
+                raise SVGError("stats needs --real SOURCE and --out FILE.npz")
             stats = write_stats(args.real, args.out, **common)
             print(f"wrote {args.out}: Inception statistics of {stats.count} images of {args.real}")
             return
         if args.fake is None:
             raise SVGError(f"{args.metrics} needs --fake (the generated images)")
-        result = evaluate(args.metrics, args.real, args.fake, k=args.k, encoder=args.encoder, weights=args.weights,
-                          layer=args.layer, **common)
+        result = evaluate(args.metrics, args.real, args.fake, k=args.k, inception_head=args.inception_head,
+                          splits=args.splits, encoder=args.encoder, weights=args.weights, layer=args.layer, **common)
         if args.json:
             print(json.dumps(result))
         else:

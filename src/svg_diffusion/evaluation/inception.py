@@ -8,7 +8,7 @@ What the scripted network is (read from its TorchScript code and parameters): th
 ``pool_3``: 94 convolutions, each followed by a batch norm run with ``training=False`` hard-coded (376
 parameters: weight, beta, mean, var per convolution), a final fixed 8x8 average pool (so the input must be
 exactly 299x299), and a reshape to [B, 2048]. It has **no classification head**: no fully connected layer, no
-logits, no softmax, so the Inception Score cannot be computed from this file (see docs/evaluation.md).
+logits, no softmax, so the Inception Score needs the head from another file (``inception_score.py``).
 The file's SHA-1 is checked on load against the one the package publishes.
 
 Input pipeline (one fixed recipe, so every image source gives the same features for the same pixels):
