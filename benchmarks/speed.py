@@ -17,8 +17,8 @@ output (sampling: the final latents from the same noise; training: the loss of o
 weights and draws) and the spread (max - min) / median of the repetitions. Repetitions of the paths are
 interleaved (path A, B, C, A, B, C, ...) and the median is reported, so a change of the machine's load hits
 every path alike. The table also gives the model FLOP utilization (DiT FLOPs from ``torch.utils.flop_counter``
-on the meta device, against the bf16 matmul peak measured on the same device and threads) and, on CUDA, the
-peak memory.
+on the meta device, against the matmul peak measured on the same device and threads: bf16, or fp32 where that
+is faster) and, on CUDA, the peak memory.
 
 The table is printed and, unless ``--no-docs``, written into ``docs/results.md`` between the markers
 ``<!-- speed:<device>:begin -->`` and ``<!-- speed:<device>:end -->`` with the machine and the command.
@@ -179,16 +179,20 @@ def forward_flops(size: str) -> tuple[float, float]:
     return float(forward.get_total_flops()), float(training.get_total_flops())
 
 
-def matmul_peak(device: torch.device) -> float:
-    """Measured bf16 matmul FLOP/s of the device (n x n products; on the CPU with the torch threads set): the
-    peak that model FLOP utilization is relative to."""
+def matmul_peak(device: torch.device) -> tuple[float, torch.dtype]:
+    """(FLOP/s, dtype) of the faster of a bf16 and an fp32 n x n matmul on the device (on the CPU with the torch
+    threads set): the peak that model FLOP utilization is relative to. bf16 on any recent GPU or CPU; a CPU
+    without bf16 instructions runs it slower than fp32, and MFU must not then exceed 100%."""
     n, iters = (8192, 20) if device.type == "cuda" else (2048, 5)
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    seconds, _ = timed(lambda: [a @ b for _ in range(iters)], device)
-    return iters * 2 * n**3 / seconds
+    rates = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        for _ in range(3):
+            a @ b
+        seconds, _ = timed(lambda: [a @ b for _ in range(iters)], device)
+        rates[dtype] = iters * 2 * n**3 / seconds
+    dtype = max(rates, key=rates.get)
+    return rates[dtype], dtype
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,7 +289,7 @@ def measure(runs: dict[str, Callable[[], object]], reps: int, device: torch.devi
     return Measured(times, peaks, (time.process_time() - cpu) / (time.perf_counter() - wall))
 
 
-def rows_from(config: str, names: list[str], work: float, flops: float | None, peak_flops: float | None,
+def rows_from(config: str, names: list[str], work: float, flops: float, peak_flops: float,
               warmup: dict[str, float], diffs: dict[str, float], times: dict[str, list[float]],
               peaks: dict[str, float]) -> list[Row]:
     """Rows from measured times: ``work`` images or steps per run, ``flops`` model FLOPs per run."""
@@ -293,9 +297,9 @@ def rows_from(config: str, names: list[str], work: float, flops: float | None, p
     for name in names:
         median = statistics.median(times[name])
         spread = (max(times[name]) - min(times[name])) / median
-        mfu = flops / median / peak_flops if flops is not None and peak_flops else None
         rows.append(Row(config, name, work / median, max_abs_diff=diffs[name], spread=spread,
-                        warmup_s=warmup[name], mfu=mfu, peak_gib=peaks.get(name)))
+                        warmup_s=warmup[name], mfu=flops / median / peak_flops,
+                        peak_gib=peaks.get(name)))
     for row in rows:
         row.ratio = row.per_second / rows[0].per_second
     return rows
@@ -306,7 +310,7 @@ def rows_from(config: str, names: list[str], work: float, flops: float | None, p
 # ---------------------------------------------------------------------------------------------------------
 
 
-def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak_flops: float | None
+def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak_flops: float
                        ) -> tuple[list[Row], list[str]]:
     batch, parity_steps, timed_steps = settings.sample_batch[size], settings.parity_steps[size], settings.timed_steps[size]
     print(f"sampling {size}: batch {batch} per CFG branch", flush=True)
@@ -339,7 +343,7 @@ def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak
     return rows, notes
 
 
-def benchmark_training(size: str, device: torch.device, settings: Settings, peak_flops: float | None
+def benchmark_training(size: str, device: torch.device, settings: Settings, peak_flops: float
                        ) -> tuple[list[Row], list[str]]:
     batch, iters = settings.train_batch[size], settings.train_iters
     paths = [p for p in TRAINING_PATHS if not p.compiled or (settings.compile and size in settings.train_compile_sizes)]
@@ -471,7 +475,7 @@ def table(rows: list[Row], unit: str, gpu: bool) -> str:
 
 
 def report(device: torch.device, threads: int, size: str, sampling: list[Row], training: list[Row],
-           notes: list[str], load: Load, peak_flops: float | None) -> str:
+           notes: list[str], load: Load, peak_flops: float, peak_dtype: torch.dtype) -> str:
     gpu = device.type == "cuda"
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
     header = (f"**{size}** — {machine(device, threads)}. Command: `{command}` ({load.minutes:.0f} min for {size}, "
@@ -483,9 +487,8 @@ def report(device: torch.device, threads: int, size: str, sampling: list[Row], t
     if training:
         lines += ["", "Training (the trainer's step without EMA):", "", table(training, "steps/s", gpu)]
     lines += ["", f"- machine load: {load.describe(threads)}"]
-    if peak_flops:
-        lines.append(f"- MFU: DiT FLOPs (flop counter) / time / measured bf16 matmul peak "
-                     f"{peak_flops / 1e12:.3g} TFLOP/s; training counts forward + backward of the DiT only")
+    lines.append(f"- MFU: DiT FLOPs (flop counter) / time / the measured matmul peak, {peak_flops / 1e12:.3g} TFLOP/s "
+                 f"({str(peak_dtype).removeprefix('torch.')}); training counts forward + backward of the DiT only")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines)
 
@@ -565,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SVGError("--device cuda: no CUDA device is available (use --device cpu)")
     torch.set_num_threads(args.threads)
     settings = settings_from(args)
-    peak_flops = matmul_peak(device)
+    peak_flops, peak_dtype = matmul_peak(device)
     for size in args.sizes:  # each size's block is written as soon as it is measured
         load = Load()
         sampling, training, notes = [], [], []
@@ -576,7 +579,7 @@ def main(argv: list[str] | None = None) -> None:
             training, training_notes = benchmark_training(size, device, settings, peak_flops)
             notes += training_notes
             reset_compiled()
-        text = report(device, args.threads, size, sampling, training, notes, load.stop(), peak_flops)
+        text = report(device, args.threads, size, sampling, training, notes, load.stop(), peak_flops, peak_dtype)
         print(text, flush=True)
         if not args.no_docs:
             write_docs(args.docs, f"{device.type}:{size}", text)
