@@ -19,8 +19,8 @@ segment; the constant learning rate does not depend on it):
    images), next to the demo SVG autoencoder and the ablation's variants (their saved JSON);
 5. ``variants``: arms that change the recipe of a main arm (``--variant NAME BASE KEY=VALUE ...``, e.g.
    ``--variant "SVG shift 3" SVG flow.shift=3``), FID at each of ``--steps`` with the config's sampler, and
-   at the last step also with the sampling shift set to the training shift (for the variant, and for its
-   base arm when the variant changes ``flow.shift``).
+   at ``--matched-at`` (default: the last of ``--steps``) also with the sampling shift set to the training
+   shift (for the variant, and for its base arm when the variant changes ``flow.shift``).
 
 Several processes may share one results.json (e.g. one per ``--arms`` or ``--variant``, each on its own core):
 every write re-reads the file under a lock and changes only its own entry.
@@ -256,7 +256,7 @@ def measure_variants(args, results: Results, fid: FID) -> None:
     measure_fid_vs_steps(args, results, fid, arms=tuple(names))
     bases = [VARIANTS[name]["base"] for name in names
              if any(o.startswith("flow.shift=") for o in VARIANTS[name]["overrides"])]
-    step = args.steps[-1]
+    step = args.matched_at
     for arm in dict.fromkeys(names + bases):
         if results.get("matched_shift", arm, str(step)) is not None:
             continue
@@ -472,12 +472,12 @@ def variants_table(results: Results) -> list[str]:
     rows = [*ARMS, *variants]
     fid, matched = results.get("fid") or {}, results.get("matched_shift") or {}
     steps = sorted({int(s) for arm in rows for s in fid.get(arm, {})})
-    last = str(steps[-1]) if steps else None
+    last = str(max((int(s) for arm in rows for s in matched.get(arm, {})), default=steps[-1] if steps else 0))
     default = load_config(DiffusionTrainConfig, ARMS["SVG"]).sampling
     about = ("Arms that change one or two settings of a main arm's recipe (`--variant NAME BASE KEY=VALUE ...` "
              "of the script; the same as `--set KEY=VALUE` on `svg-diffusion train`), everything else as above. "
              f"FID with the config's sampler (25 Euler steps, CFG {default.guidance.scale:g}, sampling shift "
-             f"{default.shift:g}); last column: the checkpoints of the last step sampled with the sampling shift "
+             f"{default.shift:g}); last column: the checkpoints of step {last} sampled with the sampling shift "
              "equal to the arm's training shift k.")
     lines = ["", "### (5) Variants of the DiT recipe", "", about, "",
              "| arm | recipe | " + " | ".join(f"step {s}" for s in steps) + f" | step {last}, sampling shift = k |",
@@ -541,6 +541,8 @@ def main() -> None:
                         help="checkpoints of a configs/demo/diffusion.yaml run to use for the SVG arm")
     parser.add_argument("--svg-config", type=Path, default=ARMS["SVG"], help="the SVG arm's diffusion config")
     parser.add_argument("--vae-config", type=Path, default=ARMS["VAE"], help="the VAE arm's diffusion config")
+    parser.add_argument("--matched-at", type=int, default=None,
+                        help="variants: DiT step of the FIDs at sampling shift = training shift (default: the last of --steps)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                         help="main arms to measure in the fid and sampling stages (e.g. one per process)")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME BASE KEY=VALUE",
@@ -552,6 +554,7 @@ def main() -> None:
     args = parser.parse_args()
     args.steps = sorted(args.steps)
     args.sampling_at = args.sampling_at or args.steps[-1]
+    args.matched_at = args.matched_at or args.steps[-1]
     ARMS.update(SVG=args.svg_config, VAE=args.vae_config)
     results = Results(args.out / "results.json")
     VARIANTS.update(results.get("variants") or {})
