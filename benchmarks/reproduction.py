@@ -170,6 +170,8 @@ def checkpoint_at(arm: str, step: int, args, results: Results) -> Path:
         log(f"{arm}: training the DiT to step {step} in {config.engine.out_dir}")
         started = time.perf_counter()
         train_diffusion(config, resume=True)
+        if not own.is_file():  # the engine saves and returns on SIGINT/SIGTERM
+            raise SystemExit(f"{arm}: training stopped before step {step}; run the script again to continue")
         results.put(time.perf_counter() - started, "wall_s", "dit_training", arm, str(step))
     return own
 
@@ -345,7 +347,7 @@ def plot(results: Results, args) -> list[Path]:
                     label=f"{arm} (variant)" if arm in variants else f"{arm} latents")
         ax.set(xlabel="DiT training steps (batch 128)", ylabel="FID", title="Generation FID vs training steps")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
         written.append(IMAGES / "reproduction_fid_vs_steps.png")
         fig.tight_layout()
         fig.savefig(written[-1], dpi=120)
