@@ -252,17 +252,18 @@ def measure_fid_vs_sampling(args, results: Results, fid: FID) -> None:
 
 
 def measure_variants(args, results: Results, fid: FID) -> None:
-    """The variants of this command line: their FID curves, and at the last step the FID with the sampling
+    """The variants of this command line: their FID curves, and at ``--matched-at`` the FID with the sampling
     shift equal to the training shift (also for the base arm of a variant that changes the training shift)."""
     names = [variant[0] for variant in args.variant]
     measure_fid_vs_steps(args, results, fid, arms=tuple(names))
-    bases = [VARIANTS[name]["base"] for name in names
-             if any(o.startswith("flow.shift=") for o in VARIANTS[name]["overrides"])]
     step = args.matched_at
-    for arm in dict.fromkeys(names + bases):
+    base = {name: VARIANTS[name]["base"] for name in names}
+    configs = {arm: arm_config(arm, args.out, step) for arm in [*names, *base.values()]}
+    shifted = [base[name] for name in names if configs[name].flow.shift != configs[base[name]].flow.shift]
+    for arm in dict.fromkeys(names + shifted):
         if results.get("matched_shift", arm, str(step)) is not None:
             continue
-        config = arm_config(arm, args.out, step)
+        config = configs[arm]
         pipe = pipeline_at(arm, checkpoint_at(arm, step, args, results), args)
         result = fid(pipe, config.sampling.num_steps, config.sampling.guidance.scale, shift=config.flow.shift)
         results.put(result, "matched_shift", arm, str(step))

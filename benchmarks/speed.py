@@ -258,11 +258,11 @@ class Row:
     config: str
     path: str
     per_second: float  # images/s or steps/s
+    mfu: float  # model FLOP utilization against the measured matmul peak
     ratio: float = 1.0
     max_abs_diff: float = 0.0
     spread: float = 0.0  # (max - min) / median of the repetitions
     warmup_s: float = 0.0  # the first, untimed run (includes compilation)
-    mfu: float | None = None
     peak_gib: float | None = None
 
 
@@ -297,9 +297,8 @@ def rows_from(config: str, names: list[str], work: float, flops: float, peak_flo
     for name in names:
         median = statistics.median(times[name])
         spread = (max(times[name]) - min(times[name])) / median
-        rows.append(Row(config, name, work / median, max_abs_diff=diffs[name], spread=spread,
-                        warmup_s=warmup[name], mfu=flops / median / peak_flops,
-                        peak_gib=peaks.get(name)))
+        rows.append(Row(config, name, work / median, flops / median / peak_flops, max_abs_diff=diffs[name],
+                        spread=spread, warmup_s=warmup[name], peak_gib=peaks.get(name)))
     for row in rows:
         row.ratio = row.per_second / rows[0].per_second
     return rows
@@ -465,11 +464,11 @@ def table(rows: list[Row], unit: str, gpu: bool) -> str:
         head, rule = head + " peak GiB |", rule + "---|"
     lines = [head, rule]
     for r in rows:
-        mfu = "" if r.mfu is None else f"{r.mfu:.1%}"
         line = (f"| {r.config} | {r.path} | {r.per_second:.3g} | {r.ratio:.2f} | {r.max_abs_diff:.1e} | "
-                f"{r.spread:.0%} | {r.warmup_s:.0f} | {mfu} |")
+                f"{r.spread:.0%} | {r.warmup_s:.0f} | {r.mfu:.1%} |")
         if gpu:
-            line += "" if r.peak_gib is None else f" {r.peak_gib:.1f} |"
+            peak = "" if r.peak_gib is None else f"{r.peak_gib:.1f}"
+            line += f" {peak} |"
         lines.append(line)
     return "\n".join(lines)
 

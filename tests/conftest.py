@@ -39,10 +39,10 @@ def torchrun():
     with any other process that binds in between.
     """
 
-    def run(script: str | Path, *args: str | Path, timeout: float = 300, cwd: Path | None = None) -> None:
+    def run(script: str | Path, *args: str | Path, timeout: float = 300) -> None:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    str(script), *map(str, args)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd or Path(script).parent,
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=Path(script).parent,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr[-3000:]
 

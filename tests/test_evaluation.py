@@ -34,6 +34,7 @@ from svg_diffusion.evaluation import (
     inception_score,
     precision_recall,
     source_features,
+    source_inception_score,
 )
 from svg_diffusion.evaluation.sources import open_image_source
 
@@ -257,6 +258,8 @@ def test_inception_score_of_generated_images_shares_the_inception_features(tmp_p
     assert (result["is"], result["is_std"]) == pytest.approx(expected, rel=1e-9)
     assert result["fid"] == pytest.approx(frechet_distance(first_half[1], second_half[1]), rel=1e-12)
     assert 1 < expected[0] < 1008 and expected[1] > 0
+    assert source_inception_score(second_half_folder, tmp_path / "pt_inception.pth", splits=4,
+                                  cache_dir=cache_dir) == pytest.approx(expected, rel=1e-9)
     assert main(["evaluate", "is", "--fake", str(second_half_folder), "--inception-head", str(tmp_path / "pt_inception.pth"),
                  "--splits", "4", "--json", "--cache-dir", str(cache_dir)]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -9,7 +9,8 @@
   install offline (SPEC §5) end at the pool features, so there is no default (``INCEPTION_HEAD_MISSING``).
 
 ``evaluate`` shares the Inception features between ``fid``, ``pr`` and ``is``. ``fd_encoder``,
-``source_precision_recall`` and ``write_stats`` are the single metrics as plain functions; ``fid.fid`` is FID.
+``source_precision_recall``, ``source_inception_score`` and ``write_stats`` are the single metrics as plain
+functions; ``fid.fid`` is FID.
 """
 
 from __future__ import annotations
