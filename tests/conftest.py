@@ -44,6 +44,8 @@ def torchrun():
                    str(script), *map(str, args)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=Path(script).parent,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert done.returncode == 0, done.stderr[-3000:]
+        # A worker's own traceback comes first; torchrun's summary of the failure last.
+        first = done.stderr.find("Traceback")
+        assert done.returncode == 0, done.stderr[max(first, 0):][:4000] + "\n...\n" + done.stderr[-1500:]
 
     return run
