@@ -44,8 +44,10 @@ def torchrun():
                    str(script), *map(str, args)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=Path(script).parent,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-        # A worker's own traceback comes first; torchrun's summary of the failure last.
-        first = done.stderr.find("Traceback")
-        assert done.returncode == 0, done.stderr[max(first, 0):][:4000] + "\n...\n" + done.stderr[-1500:]
+        # What the workers printed (a Python traceback, or a C++ abort's one line) comes before torchrun's own
+        # traceback, which starts in runpy; torchrun's summary of the failure comes last.
+        launcher = done.stderr.find('Traceback (most recent call last):\n  File "<frozen runpy>"')
+        workers = done.stderr[: launcher if launcher >= 0 else None]
+        assert done.returncode == 0, workers[-4000:] + "\n...\n" + done.stderr[-1500:]
 
     return run
