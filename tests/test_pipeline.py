@@ -50,6 +50,18 @@ def test_call_equals_the_documented_sampling_steps(pipe):
     torch.testing.assert_close(images, pipe.autoencoder.decode(expected).clamp(-1, 1))
 
 
+def test_two_pass_cfg_is_the_batched_path_to_fp32_rounding(pipe):
+    noise = torch.randn(pipe.noise_shape(3), generator=torch.Generator().manual_seed(2))
+    batched = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="latent")
+    two_pass = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="latent", batched_cfg=False)
+    velocity = guided_velocity(pipe.transformer, torch.tensor([0, 4, 9]), GuidanceConfig(scale=3.0), 4, batched=False)
+    expected = pipe.latent_stats.denormalize(sample_euler(velocity, noise, time_grid(4, 2.0)))
+    torch.testing.assert_close(two_pass, expected, rtol=0, atol=0)
+    torch.testing.assert_close(two_pass, batched, rtol=1e-5, atol=1e-5)
+    unguided = pipe([0, 4, 9], latents=noise, guidance_scale=1.0, output_type="latent", batched_cfg=False)
+    assert (two_pass - unguided).abs().max() > 1e-2  # the unguided branch did take part
+
+
 def test_output_types_and_seeds(pipe):
     seed = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     pil = pipe([1, 2], generator=seed())

@@ -211,6 +211,9 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample i's noise depends only on (seed, i)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bf16", action="store_true", help="run the transformer under bfloat16 autocast")
+    p.add_argument("--two-pass-cfg", action="store_true",
+                   help="guided and unguided branches as two forwards, not one of twice the batch "
+                        "(faster on an idle CPU; the same samples to fp32 rounding)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     def run(args: argparse.Namespace) -> None:
@@ -227,7 +230,8 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
         path = write_samples(pipe, labels, grid=args.out, folder=args.out_dir, npz=args.npz, nrow=args.per_class,
                              seed=args.seed, batch_size=args.batch_size, num_steps=args.steps,
                              guidance_scale=args.cfg, sampler=args.sampler, shift=args.shift,
-                             precision="bf16" if args.bf16 else "fp32", progress=True)
+                             precision="bf16" if args.bf16 else "fp32", batched_cfg=not args.two_pass_cfg,
+                             progress=True)
         _print_on_rank_0(path)
 
     p.set_defaults(handler=run)
