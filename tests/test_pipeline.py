@@ -39,24 +39,22 @@ def pipe() -> SVGPipeline:
     return tiny_pipeline()
 
 
-def test_call_equals_the_documented_sampling_steps(pipe):
+@pytest.mark.parametrize("batched_cfg", [True, False])
+def test_call_equals_the_documented_sampling_steps(pipe, batched_cfg):
     noise = torch.randn(pipe.noise_shape(3), generator=torch.Generator().manual_seed(1))
-    latent = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="latent")
+    latent = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="latent", batched_cfg=batched_cfg)
     labels = torch.tensor([0, 4, 9])
-    velocity = guided_velocity(pipe.transformer, labels, GuidanceConfig(scale=3.0), 4)
+    velocity = guided_velocity(pipe.transformer, labels, GuidanceConfig(scale=3.0), 4, batched=batched_cfg)
     expected = pipe.latent_stats.denormalize(sample_euler(velocity, noise, time_grid(4, 2.0)))
     torch.testing.assert_close(latent, expected, rtol=0, atol=0)
-    images = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="pt")
+    images = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="pt", batched_cfg=batched_cfg)
     torch.testing.assert_close(images, pipe.autoencoder.decode(expected).clamp(-1, 1))
 
 
 def test_two_pass_cfg_is_the_batched_path_to_fp32_rounding(pipe):
     noise = torch.randn(pipe.noise_shape(3), generator=torch.Generator().manual_seed(2))
-    batched = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="latent")
-    two_pass = pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="latent", batched_cfg=False)
-    velocity = guided_velocity(pipe.transformer, torch.tensor([0, 4, 9]), GuidanceConfig(scale=3.0), 4, batched=False)
-    expected = pipe.latent_stats.denormalize(sample_euler(velocity, noise, time_grid(4, 2.0)))
-    torch.testing.assert_close(two_pass, expected, rtol=0, atol=0)
+    batched, two_pass = (pipe([0, 4, 9], latents=noise, guidance_scale=3.0, output_type="latent", batched_cfg=batched)
+                         for batched in (True, False))
     torch.testing.assert_close(two_pass, batched, rtol=1e-5, atol=1e-5)
     unguided = pipe([0, 4, 9], latents=noise, guidance_scale=1.0, output_type="latent", batched_cfg=False)
     assert (two_pass - unguided).abs().max() > 1e-2  # the unguided branch did take part
