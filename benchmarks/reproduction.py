@@ -53,16 +53,16 @@ import torch
 from svg_diffusion.autoencoder import load_autoencoder
 from svg_diffusion.config import load_config, to_dict
 from svg_diffusion.data import FashionMNIST
-from svg_diffusion.diffusion.train import (
-    DiffusionTrainConfig, DiffusionTrainer, cache_training_latents, dataset_classes, train_diffusion, training_dataset,
-)
 from svg_diffusion.evaluation import fid_stats
 from svg_diffusion.evaluation.fid import frechet_distance
 from svg_diffusion.evaluation.inception import InceptionFeatures
 from svg_diffusion.evaluation.probe import evaluate_features
 from svg_diffusion.evaluation.features import extract_features
 from svg_diffusion.evaluation.reconstruction import METRICS_FILE, eval_autoencoder
-from svg_diffusion.sampling import class_labels, iter_samples
+from svg_diffusion.sample_writer import class_labels, iter_samples
+from svg_diffusion.trainers.diffusion import (
+    DiffusionTrainConfig, DiffusionTrainer, cache_training_latents, dataset_classes, train_diffusion, training_dataset,
+)
 from svg_diffusion.training import checkpoint_path, load_checkpoint, read_records
 from svg_diffusion.utils.files import atomic_path
 

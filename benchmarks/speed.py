@@ -6,7 +6,7 @@
 For each DiT size at the paper's latent shape (392x16x16) it measures
 
 - sampling: images/s of 25 Euler steps with classifier-free guidance (scale 1.5 on every step);
-- training: steps/s of the diffusion trainer's step (``diffusion/train.py``): latents (encoded online by the
+- training: steps/s of the diffusion trainer's step (``trainers/diffusion.py``): latents (encoded online by the
   autoencoder, or read from the cache), normalized with the latent statistics, flow-matching MSE, backward,
   AdamW step. The EMA update is left out (it is the same in every path; its time is in the notes);
 

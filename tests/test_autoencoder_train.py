@@ -17,13 +17,13 @@ import yaml
 from safetensors.torch import load_file
 
 from svg_diffusion.autoencoder import SVGAutoencoder
-from svg_diffusion.autoencoder.train import AutoencoderTrainConfig, train_autoencoder
 from svg_diffusion.cli import main
 from svg_diffusion.config import ConfigError, from_dict, load_config
 from svg_diffusion.data import FashionMNIST
 from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction
+from svg_diffusion.trainers.autoencoder import AutoencoderTrainConfig, train_autoencoder
 from svg_diffusion.training import checkpoint_path, list_checkpoints, load_checkpoint, read_records
 
 # 16x16 images, the 'tiny' frozen encoder (64 channels, patch 4: 4x4 latents), 4 residual channels, a small

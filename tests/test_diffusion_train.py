@@ -17,12 +17,12 @@ from svg_diffusion.cli import main
 from svg_diffusion.config import to_dict
 from svg_diffusion.data import DataConfig, FashionMNIST
 from svg_diffusion.diffusion.latents import LatentStatistics, compute_latent_statistics
-from svg_diffusion.diffusion.train import (
-    DiffusionTrainConfig, PreviewConfig, TransformerConfig, cache_training_latents, load_autoencoder, train_diffusion,
-)
 from svg_diffusion.errors import SVGError
 from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
-from svg_diffusion.sampling import class_labels, sample_noise, write_samples
+from svg_diffusion.sample_writer import class_labels, sample_noise, write_samples
+from svg_diffusion.trainers.diffusion import (
+    DiffusionTrainConfig, PreviewConfig, TransformerConfig, cache_training_latents, load_autoencoder, train_diffusion,
+)
 from svg_diffusion.training import EngineConfig, checkpoint_path, list_checkpoints, load_checkpoint, read_records
 
 from test_autoencoder_model import calibrated, tiny_autoencoder

@@ -11,8 +11,8 @@ from svg_diffusion.diffusion.latents import (
     LatentCacheDataset, LatentMoments, LatentStatistics, autoencoder_fingerprint, cache_latents,
     compute_latent_statistics,
 )
-from svg_diffusion.diffusion.train import batch_latents, hflip_choices
 from svg_diffusion.errors import SVGError
+from svg_diffusion.trainers.diffusion import batch_latents, hflip_choices
 from svg_diffusion.training import step_generator
 
 from test_autoencoder_model import calibrated, tiny_autoencoder

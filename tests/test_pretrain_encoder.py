@@ -19,7 +19,7 @@ from svg_diffusion.cli import main
 from svg_diffusion.config import ConfigError, from_dict, load_config, save_config
 from svg_diffusion.data import FashionMNIST
 from svg_diffusion.encoders import FrozenEncoder, load_encoder
-from svg_diffusion.encoders.pretrain import (
+from svg_diffusion.trainers.encoder import (
     VIEW_DRAWS,
     DistillationTrainer,
     MultiCrop,

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from svg_diffusion.autoencoder import KLAutoencoder, VAEConfig, kl_divergence, load_autoencoder
-from svg_diffusion.autoencoder.train import AutoencoderTrainConfig, train_autoencoder
 from svg_diffusion.config import ConfigError, from_dict, load_config, to_dict
 from svg_diffusion.data import DataConfig, FashionMNIST
-from svg_diffusion.diffusion.train import DiffusionTrainConfig, TransformerConfig, cache_training_latents, train_diffusion
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation.reconstruction import eval_autoencoder
 from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
+from svg_diffusion.trainers.autoencoder import AutoencoderTrainConfig, train_autoencoder
+from svg_diffusion.trainers.diffusion import DiffusionTrainConfig, TransformerConfig, cache_training_latents, train_diffusion
 from svg_diffusion.training import EngineConfig, read_records
 
 DECODER = {"z_channels": 4, "resolution": 16, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1,

@@ -33,7 +33,7 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> None:
         from .demo import demo_encoder
-        from .features import encode_dataset
+        from .encode_dataset import encode_dataset
 
         print(encode_dataset(
             encoder=args.encoder or demo_encoder(), weights=args.weights, layer=args.layer, data=args.data, split=args.split,
@@ -81,8 +81,8 @@ def add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
                    help="override a config value, e.g. --set engine.max_steps=100 (repeatable)")
 
     def run(args: argparse.Namespace) -> None:
-        from .autoencoder.train import AutoencoderTrainConfig, train_autoencoder
         from .config import load_config
+        from .trainers.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
         _print_on_rank_0(train_autoencoder(load_config(AutoencoderTrainConfig, args.config, args.overrides),
                                            resume=args.resume))
@@ -141,7 +141,7 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 def _diffusion_config(args: argparse.Namespace):
     from .config import load_config
-    from .diffusion.train import DiffusionTrainConfig
+    from .trainers.diffusion import DiffusionTrainConfig
 
     return load_config(DiffusionTrainConfig, args.config, args.overrides)
 
@@ -158,7 +158,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in engine.out_dir")
 
     def run(args: argparse.Namespace) -> None:
-        from .diffusion.train import train_diffusion
+        from .trainers.diffusion import train_diffusion
 
         _print_on_rank_0(train_diffusion(_diffusion_config(args), resume=args.resume))
 
@@ -174,7 +174,7 @@ def add_cache_latents(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=4096, help="images per shard file")
 
     def run(args: argparse.Namespace) -> None:
-        from .diffusion.train import cache_training_latents
+        from .trainers.diffusion import cache_training_latents
 
         _print_on_rank_0(cache_training_latents(_diffusion_config(args), args.out, args.dtype, args.shard_size))
 
@@ -187,7 +187,7 @@ def add_latent_stats(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output latent_stats.safetensors")
 
     def run(args: argparse.Namespace) -> None:
-        from .diffusion.train import training_latent_statistics
+        from .trainers.diffusion import training_latent_statistics
 
         _print_on_rank_0(training_latent_statistics(_diffusion_config(args), args.out))
 
@@ -218,7 +218,7 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> None:
         from .pipeline import SVGPipeline
-        from .sampling import class_labels, write_samples
+        from .sample_writer import class_labels, write_samples
         from .training.distributed import setup_distributed
 
         if args.num is not None and args.out is not None:
@@ -248,7 +248,7 @@ def add_pretrain_encoder(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> None:
         from .config import load_config
-        from .encoders.pretrain import PretrainEncoderConfig, export_checkpoint, pretrain_encoder
+        from .trainers.encoder import PretrainEncoderConfig, export_checkpoint, pretrain_encoder
 
         config = load_config(PretrainEncoderConfig, args.config, args.overrides)
         if args.export:

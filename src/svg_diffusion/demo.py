@@ -23,7 +23,7 @@ import torch
 from .errors import SVGError
 from .autoencoder.model import ENCODER_FOLDER
 from .pipeline import AUTOENCODER_FOLDER, INDEX_FILE, TRANSFORMER_FOLDER, SVGPipeline
-from .sampling import class_labels, write_samples
+from .sample_writer import class_labels, write_samples
 from .utils.files import atomic_path
 from .utils.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_json
 
@@ -53,7 +53,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", steps: int | None = None, see
     None) and guidance; write them as a grid, one row per class labelled with its name; return the PNG's path.
 
     ``pipeline``: a pipeline folder (default: the shipped one) or a loaded ``SVGPipeline``. Sample ``i``
-    starts from noise seeded by ``(seed, i)`` (see ``sampling``): the same seed gives the same grid.
+    starts from noise seeded by ``(seed, i)`` (see ``sample_writer``): the same seed gives the same grid.
     """
     if per_class < 1:
         raise SVGError(f"--per-class must be at least 1, got {per_class}")

@@ -8,7 +8,7 @@
 The VAE baseline (``vae.py``): ``KLAutoencoder(VAEConfig(kind="vae", ...))``, same interface and folder use;
 ``load_autoencoder(folder)`` loads either kind.
 
-Training: ``svg_diffusion.autoencoder.train`` (``train_autoencoder``; the train-autoencoder command).
+Training: ``svg_diffusion.trainers.autoencoder`` (``train_autoencoder``; the train-autoencoder command).
 """
 
 from .alignment import ALIGNMENT_MODES, DistributionAlignment, scalar_statistics

@@ -10,7 +10,7 @@ from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import DEFAULT_DIR as FASHION_MNIST_DIR
 from .fashion_mnist import FashionMNIST
 from .image_folder import ImageFolder
-from .sampler import StepSampler, shard_indices
+from .sharding import StepSampler, shard_indices
 from .transforms import center_crop_resize, random_hflip, to_rgb
 
 __all__ = [

@@ -1,9 +1,8 @@
 """Latent diffusion: the transformer (DiT/SiT), the flow-matching objective and the samplers.
 
 Reading order: :mod:`.transformer` (the velocity model), :mod:`.flow` (path, time shift, loss),
-:mod:`.samplers` (ODE/SDE integrators over a time grid), :mod:`.guidance` (classifier-free guidance),
-:mod:`.latents` (latent statistics and the latent cache), :mod:`.train` (the trainer; import it from
-``svg_diffusion.diffusion.train``: it builds pipelines, and the pipeline module imports this package).
+:mod:`.solvers` (ODE/SDE integrators over a time grid), :mod:`.guidance` (classifier-free guidance),
+:mod:`.latents` (latent statistics and the latent cache). The trainer is ``svg_diffusion.trainers.diffusion``.
 """
 
 from .flow import (
@@ -27,7 +26,7 @@ from .latents import (
     compute_latent_statistics,
     encode_latents,
 )
-from .samplers import (
+from .solvers import (
     SAMPLERS,
     get_sampler,
     sample_adams_bashforth,

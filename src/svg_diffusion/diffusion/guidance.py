@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import SVGError
-from .samplers import VelocityFn
+from .solvers import VelocityFn
 
 
 @dataclass

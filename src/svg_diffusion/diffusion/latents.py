@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..config import to_dict
-from ..data.sampler import shard_indices
+from ..data.sharding import shard_indices
 from ..errors import SVGError
 from ..training.distributed import all_reduce_, barrier
 from ..utils.files import atomic_path

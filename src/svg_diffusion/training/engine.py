@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import to_dict
-from ..data.sampler import StepSampler
+from ..data.sharding import StepSampler
 from ..errors import SVGError
 from .checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import EngineConfig

@@ -44,11 +44,11 @@ from torch import Tensor, nn
 
 from ..config import save_config
 from ..data import DataConfig, build_dataset
+from ..encoders.configs import ENCODER_CONFIGS, ViTConfig, get_config
+from ..encoders.frozen import save_encoder
+from ..encoders.vit import VisionTransformer
 from ..errors import SVGError
 from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, load_checkpoint
-from .configs import ENCODER_CONFIGS, ViTConfig, get_config
-from .frozen import save_encoder
-from .vit import VisionTransformer
 
 # ------------------------------------------------------------------------------------------------ config
 

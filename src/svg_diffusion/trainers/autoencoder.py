@@ -25,15 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..autoencoder.losses import AutoencoderLoss, LossConfig
+from ..autoencoder.model import AutoencoderConfig
+from ..autoencoder.vae import Autoencoder, VAEConfig, build_autoencoder
 from ..config import ConfigError, from_dict, save_config
 from ..data import DataConfig, build_dataset, random_hflip
 from ..evaluation.image_metrics import psnr
 from ..training import Engine, EngineConfig, StepContext, Trainer
 from ..training.distributed import barrier
 from ..utils.images import save_image_grid
-from .losses import AutoencoderLoss, LossConfig
-from .model import AutoencoderConfig
-from .vae import Autoencoder, VAEConfig, build_autoencoder
 
 MODEL_FOLDER = "autoencoder"
 SAMPLES_FOLDER = "samples"

@@ -30,17 +30,17 @@ from ..autoencoder import Autoencoder
 from ..autoencoder import load_autoencoder as load_autoencoder_folder
 from ..config import from_dict, save_config, to_dict
 from ..data import DataConfig, build_dataset, random_hflip
-from ..errors import SVGError
-from ..pipeline import AUTOENCODER_FOLDER, INDEX_FILE, STATS_FILE, SamplingDefaults, SVGPipeline
-from ..sampling import class_labels, write_samples
-from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, derive_seed
-from ..training.distributed import barrier, setup_distributed
-from .flow import FlowMatchingConfig, draw_flow_inputs, flow_matching_loss
-from .latents import (
+from ..diffusion.flow import FlowMatchingConfig, draw_flow_inputs, flow_matching_loss
+from ..diffusion.latents import (
     LatentCacheDataset, LatentStatistics, autoencoder_fingerprint, cache_latents, compute_latent_statistics,
     encode_latents,
 )
-from .transformer import DIT_SIZES, DiT, DiTConfig
+from ..diffusion.transformer import DIT_SIZES, DiT, DiTConfig
+from ..errors import SVGError
+from ..pipeline import AUTOENCODER_FOLDER, INDEX_FILE, STATS_FILE, SamplingDefaults, SVGPipeline
+from ..sample_writer import class_labels, write_samples
+from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, derive_seed
+from ..training.distributed import barrier, setup_distributed
 
 PIPELINE_FOLDER = "pipeline"
 SAMPLES_FOLDER = "samples"
