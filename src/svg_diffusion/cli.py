@@ -332,8 +332,13 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
             return
         if args.fake is None:
             raise SVGError(f"{args.metrics} needs --fake (the generated images)")
+        encoder = args.encoder
+        if encoder is None and "fd-encoder" in args.metrics:
+            from .demo import demo_encoder
+
+            encoder = demo_encoder()
         result = evaluate(args.metrics, args.real, args.fake, k=args.k, inception_head=args.inception_head,
-                          splits=args.splits, encoder=args.encoder, weights=args.weights, layer=args.layer, **common)
+                          splits=args.splits, encoder=encoder, weights=args.weights, layer=args.layer, **common)
         if args.json:
             print(json.dumps(result))
         else:

@@ -3,7 +3,7 @@
 - ``fid``: Fréchet Inception Distance (``fid.py``; Inception features of named sources are cached);
 - ``pr``: improved precision and recall on the same Inception features (``precision_recall.py``);
 - ``fd-encoder``: the Fréchet distance in a frozen encoder's feature space (mean-pooled patch tokens), in the
-  spirit of FD_DINOv2 (Stein et al., 2023); default encoder: the shipped demo encoder;
+  spirit of FD_DINOv2 (Stein et al., 2023); the encoder is the caller's (the CLI defaults to the demo encoder);
 - ``is``: the Inception Score of the generated images (``inception_score.py``) from the same pool features
   and the classifier weights of a file the user passes (``inception_head``): the Inception weights that
   install offline (SPEC §5) end at the pool features, so there is no default (``INCEPTION_HEAD_MISSING``).
@@ -47,11 +47,13 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
 
 
 def load_fd_encoder(encoder: str | None = None, weights: str | None = None, layer: int | None = None):
-    """The frozen encoder of ``fd-encoder`` (default: the shipped demo encoder); it must have trained weights."""
-    from ..demo import demo_encoder
+    """The frozen encoder of ``fd-encoder`` (a name or folder; the CLI defaults to the shipped demo encoder); it
+    must have trained weights."""
     from ..encoders import load_encoder
 
-    encoder = encoder or demo_encoder()
+    if encoder is None:
+        raise SVGError("fd-encoder needs an encoder: a name (with weights) or a folder (the CLI's default is the "
+                       "shipped demo encoder, svg_diffusion.demo.demo_encoder())")
     if weights is None and not Path(encoder).is_dir():
         raise SVGError(
             f"fd-encoder needs a trained encoder, but {encoder!r} names an architecture without weights: a random "
