@@ -8,6 +8,7 @@ one line on stderr and exit status 2; anything else is a bug and keeps its trace
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import warnings
@@ -194,6 +195,41 @@ def add_latent_stats(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def add_fit_latent_transform(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-latent-transform",
+                       help="fit a training config's latent transform (e.g. PCA) over its latents, to a folder")
+    _add_config_arguments(p)
+    p.add_argument("--out", default=None, help="output folder (default: the config's latent_transform.path)")
+    p.add_argument("--kind", choices=["per_channel", "pca"], default=None, help="override latent_transform.kind")
+    k = p.add_mutually_exclusive_group()
+    k.add_argument("--components", type=int, default=None, help="PCA: keep this many directions")
+    k.add_argument("--explained-variance", type=float, default=None,
+                   help="PCA: keep the fewest directions that hold this fraction of the variance")
+
+    def run(args: argparse.Namespace) -> None:
+        from .diffusion.latent_transform import load_latent_transform
+        from .trainers.diffusion import fit_training_transform
+
+        config = _diffusion_config(args)
+        flags = {"kind": args.kind, "components": args.components, "explained_variance": args.explained_variance}
+        if any(value is not None for value in flags.values()):
+            given = {key: value for key, value in flags.items() if value is not None}
+            if "components" in given or "explained_variance" in given:  # one choice of k replaces the other
+                given = {"components": None, "explained_variance": None, **given}
+            try:
+                settings = dataclasses.replace(config.latent_transform, **given)
+            except ValueError as err:
+                raise SVGError(str(err)) from None
+            config = dataclasses.replace(config, latent_transform=settings)
+        folder = fit_training_transform(config, args.out)
+        transform = load_latent_transform(folder)
+        _print_on_rank_0(f"{folder}: {transform.kind}, {transform.latent_channels} -> {transform.channels} channels"
+                         + (f", {transform.explained_variance:.4f} of the variance"
+                            if transform.kind == "pca" else ""))
+
+    p.set_defaults(handler=run)
+
+
 def add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="class-conditional samples of a pipeline: a grid PNG, an image folder or an .npz")
     p.add_argument("--pipeline", required=True, help="pipeline folder (train's out_dir/pipeline)")
@@ -376,7 +412,7 @@ def add_feature_cache(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS = [add_demo, add_encode, add_encoders, add_train_autoencoder, add_eval_autoencoder, add_convert_official,
-            add_train, add_cache_latents, add_latent_stats, add_sample,
+            add_train, add_cache_latents, add_latent_stats, add_fit_latent_transform, add_sample,
             add_pretrain_encoder, add_probe, add_evaluate, add_feature_cache]
 
 

@@ -3,8 +3,9 @@
     pipe = SVGPipeline.from_pretrained("runs/demo/pipeline")
     images = pipe(["Sneaker", "Bag"], num_steps=25, guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
 
-Sampling: noise [B, C, h, w] -> the sampler integrates the transformer's (guided) velocity on the shifted
-time grid -> normalized latent -> ``latent_stats.denormalize`` -> ``autoencoder.decode`` -> images.
+Sampling: noise [B, k, h, w] -> the sampler integrates the transformer's (guided) velocity on the shifted
+time grid -> the transformer's coordinates -> ``latent_transform.decode`` (per-channel de-normalization, or
+back from the top-k PCA coordinates) -> latent [B, C, h, w] -> ``autoencoder.decode`` -> images.
 
 Folder layout (diffusers-style, every file written atomically):
 
@@ -12,10 +13,14 @@ Folder layout (diffusers-style, every file written atomically):
     autoencoder/              SVGAutoencoder.save_pretrained (with its frozen encoder in autoencoder/encoder/),
                               or the VAE baseline's KLAutoencoder.save_pretrained
     transformer/              DiT.save_pretrained
-    latent_stats.safetensors  LatentStatistics.save (per-channel mean/std of the training latents)
+    latent_stats.safetensors  the per-channel latent transform (LatentStatistics.save: mean/std of the
+                              training latents), or
+    latent_transform/         any other latent transform (diffusion/latent_transform.py: a PCA's config.json
+                              + transform.safetensors)
 
-A pipeline without ``transformer/`` and ``latent_stats.safetensors`` is valid: an autoencoder-only pipeline
-(e.g. a converted public autoencoder) that encodes and decodes but cannot sample.
+A pipeline without ``transformer/`` and a transform is valid: an autoencoder-only pipeline (e.g. a converted
+public autoencoder) that encodes and decodes but cannot sample. Folders written before latent transforms
+existed hold ``latent_stats.safetensors`` and load and sample exactly as before.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from PIL import Image
 from .autoencoder import Autoencoder, load_autoencoder
 from .config import from_dict, to_dict
 from .diffusion import DiT, GuidanceConfig, get_sampler, guided_velocity, time_grid
+from .diffusion.latent_transform import LatentTransform, load_latent_transform
 from .diffusion.latents import LatentStatistics
 from .errors import SVGError
 from .utils.images import to_pil, to_uint8
@@ -41,6 +47,7 @@ INDEX_FILE = "model_index.json"
 AUTOENCODER_FOLDER = "autoencoder"
 TRANSFORMER_FOLDER = "transformer"
 STATS_FILE = "latent_stats.safetensors"
+TRANSFORM_FOLDER = "latent_transform"
 
 OutputType = Literal["pil", "np", "pt", "latent"]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -64,29 +71,38 @@ class SamplingDefaults:
 
 
 class SVGPipeline:
-    """Autoencoder + transformer + latent statistics + class names + default sampler settings."""
+    """Autoencoder + transformer + latent transform + class names + default sampler settings.
+
+    ``latent_transform``: a :class:`LatentStatistics` (per-channel, the public recipe) or a ``PCATransform``.
+    """
 
     def __init__(self, autoencoder: Autoencoder, transformer: DiT | None = None,
-                 latent_stats: LatentStatistics | None = None, class_names: Sequence[str] | None = None,
+                 latent_transform: LatentTransform | None = None, class_names: Sequence[str] | None = None,
                  sampling: SamplingDefaults | None = None):
-        if (transformer is None) != (latent_stats is None):
-            raise SVGError("a pipeline needs both a transformer and its latent statistics, or neither")
+        if (transformer is None) != (latent_transform is None):
+            raise SVGError("a pipeline needs both a transformer and its latent transform, or neither")
         if transformer is not None:
-            latent = (autoencoder.latent_channels, autoencoder.latent_size)
-            if (transformer.config.in_channels, transformer.config.input_size) != latent:
+            if latent_transform.latent_channels != autoencoder.latent_channels:
+                raise SVGError(f"the latent transform maps {latent_transform.latent_channels}-channel latents, "
+                               f"the autoencoder's latent has {autoencoder.latent_channels}")
+            modelled = (latent_transform.channels, autoencoder.latent_size)
+            if (transformer.config.in_channels, transformer.config.input_size) != modelled:
                 raise SVGError(f"the transformer models {transformer.config.in_channels}x{transformer.config.input_size}² "
-                               f"latents, the autoencoder makes {latent[0]}x{latent[1]}²")
-            if latent_stats.channels != autoencoder.latent_channels:
-                raise SVGError(f"latent statistics have {latent_stats.channels} channels, "
-                               f"the latent has {autoencoder.latent_channels}")
+                               f"latents, the autoencoder and latent transform make {modelled[0]}x{modelled[1]}²")
             if class_names is not None and len(class_names) != transformer.config.num_classes:
                 raise SVGError(f"{len(class_names)} class names for a transformer with "
                                f"{transformer.config.num_classes} classes")
         self.autoencoder = autoencoder.eval()
         self.transformer = transformer.eval() if transformer is not None else None
-        self.latent_stats = latent_stats
+        self.latent_transform = latent_transform
         self.class_names = list(class_names) if class_names is not None else None
         self.sampling = sampling or SamplingDefaults()
+
+    @property
+    def latent_stats(self) -> LatentStatistics | None:
+        """The per-channel statistics of the training latents (a PCA transform standardizes with them first)."""
+        transform = self.latent_transform
+        return transform if transform is None or isinstance(transform, LatentStatistics) else transform.stats
 
     # ---------------------------------------------------------------------------------------------- device
 
@@ -107,7 +123,10 @@ class SVGPipeline:
         self.autoencoder.save_pretrained(folder / AUTOENCODER_FOLDER)
         if self.transformer is not None:
             self.transformer.save_pretrained(folder / TRANSFORMER_FOLDER)
-            self.latent_stats.save(folder / STATS_FILE)
+            if isinstance(self.latent_transform, LatentStatistics):  # the file pipelines have always had
+                self.latent_transform.save(folder / STATS_FILE)
+            else:
+                self.latent_transform.save(folder / TRANSFORM_FOLDER)
         # The index goes last: a folder with an index is complete.
         write_json(folder / INDEX_FILE, {"format": FORMAT, "class_names": self.class_names,
                                          "sampling": to_dict(self.sampling)})
@@ -124,11 +143,12 @@ class SVGPipeline:
             raise SVGError(f"{index_path}: expected format {FORMAT!r}, found {index.get('format')!r}")
         sampling = from_dict(SamplingDefaults, index.get("sampling", {}), where=f"{index_path}: sampling")
         autoencoder = load_autoencoder(folder / AUTOENCODER_FOLDER)  # SVG or the VAE baseline
-        transformer = stats = None
+        transformer = transform = None
         if (folder / TRANSFORMER_FOLDER).is_dir():
             transformer = DiT.from_pretrained(folder / TRANSFORMER_FOLDER)
-            stats = LatentStatistics.load(folder / STATS_FILE)
-        return cls(autoencoder, transformer, stats, index.get("class_names"), sampling).to(device)
+            transform = (load_latent_transform(folder / TRANSFORM_FOLDER) if (folder / TRANSFORM_FOLDER).is_dir()
+                         else LatentStatistics.load(folder / STATS_FILE))
+        return cls(autoencoder, transformer, transform, index.get("class_names"), sampling).to(device)
 
     # ---------------------------------------------------------------------------------------------- labels
 
@@ -172,7 +192,8 @@ class SVGPipeline:
           ``x.flatten(2).transpose(1, 2)``); otherwise drawn with ``generator`` on its device (CPU by
           default, so a seed gives the same images on every device).
         - ``output_type``: ``"pil"`` (list of images), ``"np"`` (uint8 [B, H, W, 3]), ``"pt"`` (float
-          [B, 3, H, W] in [-1, 1]) or ``"latent"`` (the de-normalized latent that ``autoencoder.decode`` takes).
+          [B, 3, H, W] in [-1, 1]) or ``"latent"`` (the latent that ``autoencoder.decode`` takes, after the
+          latent transform's ``decode``).
         - ``precision="bf16"`` runs the transformer under bfloat16 autocast.
         - ``batched_cfg``: the guided and unguided branches as one forward of twice the batch (the default: faster
           on GPUs and busy CPUs) or, ``False``, as two forwards (faster on an idle CPU: DiT-S 1.13x,
@@ -208,7 +229,7 @@ class SVGPipeline:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         with autocast:
             normalized = sample(velocity, noise, times, progress=progress, **sampler_kwargs)
-        latent = self.latent_stats.denormalize(normalized)
+        latent = self.latent_transform.decode(normalized)
         if output_type == "latent":
             return latent
         images = self.autoencoder.decode(latent).clamp(-1, 1)

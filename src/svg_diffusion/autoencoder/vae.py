@@ -183,7 +183,12 @@ def build_autoencoder(config) -> Autoencoder:
 
 
 def load_autoencoder(folder: str | Path) -> Autoencoder:
-    """An SVG autoencoder or VAE folder, whichever its ``config.json`` says (eval mode, CPU)."""
+    """An SVG autoencoder or VAE folder, whichever its ``config.json`` says (eval mode, CPU).
+
+    A pipeline folder (one with ``autoencoder/`` beside its ``model_index.json``) stands for its autoencoder.
+    """
+    if not (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / "autoencoder" / CONFIG_FILE).is_file():
+        folder = Path(folder) / "autoencoder"
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise SVGError(f"{folder} is not a saved autoencoder folder: {CONFIG_FILE} is missing")

@@ -13,11 +13,17 @@ Time shift. We express it in the SD3/diffusers convention, on the noise level si
 The public SVG code writes the same map on t as t' = s * t / (1 + (s - 1) * t); the two agree exactly when
 k = 1 / s. So the paper's training shift s = 0.4 is k = 2.5 here, and its sampling shift s = 0.15 is
 k = 1 / 0.15 ~ 6.67. :func:`shift_from_public` / :func:`shift_to_public` convert.
+
+A shift that follows the latent's size (``shift: auto``): the more numbers a sample has, the more of its
+structure survives a given noise level, so training must spend more time at high noise. RAE (Zheng et al.
+2025) scales the shift with the square root of the dimension, k = sqrt(positions × channels / base), base 4096
+(:func:`dimension_shift`; on our demo latents docs/results.md measures it against fixed shifts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -49,20 +55,40 @@ def shift_time(t: torch.Tensor, k: float) -> torch.Tensor:
     return t / (k - (k - 1) * t)
 
 
+def dimension_shift(positions: int, channels: int, base: float = 4096.0) -> float:
+    """RAE's dimension-dependent shift k = sqrt(positions * channels / base) (SD3 convention)."""
+    if positions < 1 or channels < 1 or base <= 0:
+        raise ValueError(f"dimension_shift needs positive sizes, got {positions} positions, {channels} channels, base {base}")
+    return math.sqrt(positions * channels / base)
+
+
 @dataclass
 class FlowMatchingConfig:
-    """How training draws times and labels. Defaults follow the paper (uniform t, shift k = 2.5, 10% drop)."""
+    """How training draws times and labels. Defaults follow the paper (uniform t, shift k = 2.5, 10% drop).
+
+    ``shift``: the SD3-style k, or ``"auto"``: :func:`dimension_shift` of the modelled latent (positions ×
+    channels the transformer sees, after the latent transform) with ``shift_base``; :meth:`resolved` fixes it.
+    """
 
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     # Logit-normal is over the noise level sigma = 1 - t as in SD3: sigma = sigmoid(mean + std * n).
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0
-    shift: float = 2.5  # SD3-style k; the public code's s = 0.4
+    shift: float | Literal["auto"] = 2.5  # SD3-style k; the public code's s = 0.4
+    shift_base: float = 4096.0  # with shift "auto"
     class_dropout_prob: float = 0.1  # labels replaced by the null class for classifier-free guidance
 
+    def resolved(self, positions: int, channels: int) -> FlowMatchingConfig:
+        """This config with ``shift: auto`` replaced by the number it means for a latent of that size."""
+        if self.shift != "auto":
+            return self
+        return replace(self, shift=dimension_shift(positions, channels, self.shift_base))
+
     def __post_init__(self) -> None:
-        if self.shift <= 0:
-            raise ValueError(f"shift must be positive, got {self.shift}")
+        if self.shift != "auto" and not self.shift > 0:
+            raise ValueError(f"shift must be positive or 'auto', got {self.shift}")
+        if not self.shift_base > 0:
+            raise ValueError(f"shift_base must be positive, got {self.shift_base}")
         if self.logit_normal_std <= 0:
             raise ValueError(f"logit_normal_std must be positive, got {self.logit_normal_std}")
         if not 0.0 <= self.class_dropout_prob <= 1.0:
@@ -79,6 +105,8 @@ def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
 def sample_training_time(batch_size: int, config: FlowMatchingConfig, generator: torch.Generator | None,
                          device: torch.device | str | None = None) -> torch.Tensor:
     """Training times t [B] in [0, 1] (float32): uniform or logit-normal in sigma, then shifted."""
+    if config.shift == "auto":
+        raise ValueError("flow.shift is 'auto': resolve it for the latent first (FlowMatchingConfig.resolved)")
     draw_device = generator.device if generator is not None else device
     if config.time_sampling == "uniform":
         t = torch.rand(batch_size, generator=generator, device=draw_device, dtype=torch.float64)

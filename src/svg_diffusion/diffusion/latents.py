@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..config import to_dict
 from ..data.sharding import shard_indices
 from ..errors import SVGError
-from ..training.distributed import all_reduce_, barrier
+from ..training.distributed import all_reduce_, barrier, rank_and_world_size
 from ..utils.files import atomic_path
 from ..utils.pretrained import read_json, read_state_file, write_json
 
@@ -54,8 +54,14 @@ class LatentStatistics:
         if not bool((self.std > 0).all()) or not bool(torch.isfinite(self.mean).all()):
             raise SVGError("latent statistics: every std must be positive and every mean finite")
 
+    kind = "per_channel"  # as a latent transform (diffusion/latent_transform.py): k = C
+
     @property
     def channels(self) -> int:
+        return self.mean.numel()
+
+    @property
+    def latent_channels(self) -> int:
         return self.mean.numel()
 
     def _broadcast(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +79,9 @@ class LatentStatistics:
         """``z * std + mean`` per channel, in float32: what the autoencoder's decoder takes."""
         mean, std = self._broadcast(z)
         return z.float() * std + mean
+
+    encode = normalize  # the latent-transform interface
+    decode = denormalize
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -92,13 +101,6 @@ class LatentStatistics:
 # ---------------------------------------------------------------------------------------------------------
 # Computing the statistics
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _place() -> tuple[int, int]:
-    """(rank, world_size) of this process in torch.distributed, or (0, 1) outside it."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class LatentMoments:
@@ -160,16 +162,23 @@ def compute_latent_statistics(autoencoder: SVGAutoencoder, dataset: Dataset, bat
     torch.distributed each rank encodes its ``shard_indices`` share and the float64 moments are summed over
     ranks, so every rank returns the statistics of the whole dataset.
     """
-    if autoencoder.training:
-        raise SVGError("compute_latent_statistics: put the autoencoder in eval mode (training mode masks residuals)")
-    rank, world_size = _place()
     moments = LatentMoments(autoencoder.latent_channels, next(autoencoder.parameters()).device)
-    share = shard_indices(len(dataset), rank, world_size)
-    for images, _ in tqdm(_loader(dataset, share, batch_size, num_workers), desc="latent statistics", unit="batch",
-                          disable=not progress or rank != 0):
-        moments.add(encode_latents(autoencoder, images))
+    for z in encoded_batches(autoencoder, dataset, batch_size, num_workers, progress, desc="latent statistics"):
+        moments.add(z)
     moments.all_reduce()
     return moments.statistics()
+
+
+def encoded_batches(autoencoder: SVGAutoencoder, dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
+                    progress: bool = True, desc: str = "encoding") -> Iterator[torch.Tensor]:
+    """The latents of this rank's ``shard_indices`` share of ``dataset``, batch by batch (eval mode, float32)."""
+    if autoencoder.training:
+        raise SVGError("encoding latents for statistics: put the autoencoder in eval mode (training mode masks residuals)")
+    rank, world_size = rank_and_world_size()
+    share = shard_indices(len(dataset), rank, world_size)
+    for images, _ in tqdm(_loader(dataset, share, batch_size, num_workers), desc=desc, unit="batch",
+                          disable=not progress or rank != 0):
+        yield encode_latents(autoencoder, images)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -183,12 +192,21 @@ CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def autoencoder_fingerprint(autoencoder: SVGAutoencoder) -> str:
-    """A SHA-256 of the autoencoder's config and every tensor of its state (frozen encoder included).
+    """A SHA-256 of what an autoencoder's latents depend on: its config and every tensor of its state (frozen
+    encoder included), the decoder's excepted.
 
-    A latent cache records it, and training refuses a cache made by another autoencoder.
+    A latent cache records it, and training refuses a cache made by another autoencoder; a decoder fine-tuned on
+    the same latent (``train_parts: decoder``) keeps its caches valid.
     """
-    digest = hashlib.sha256(json.dumps(to_dict(autoencoder.config), sort_keys=True).encode())
+    from ..autoencoder import SVGAutoencoder  # here: the autoencoder package's trainer imports this module
+
+    config = to_dict(autoencoder.config)
+    if isinstance(autoencoder, SVGAutoencoder):  # (the VAE's encoder is built from its decoder config)
+        config.pop("decoder")
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, value in sorted(autoencoder.state_dict().items()):
+        if name.startswith("decoder."):
+            continue
         tensor = value.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -234,7 +252,7 @@ def cache_latents(autoencoder: SVGAutoencoder, dataset: Dataset, out_dir: str | 
     if autoencoder.training:
         raise SVGError("cache_latents: put the autoencoder in eval mode (training mode masks residuals)")
     out_dir = Path(out_dir)
-    rank, world_size = _place()
+    rank, world_size = rank_and_world_size()
     fingerprint = autoencoder_fingerprint(autoencoder)
     info = json.loads(json.dumps(dataset_info or {}))  # plain JSON data, compared after a round trip
     expected = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "dtype": dtype, "flips": str(flips),
@@ -334,6 +352,17 @@ class LatentCacheDataset(Dataset):
             images = shard.get_slice("labels").get_shape()[0]
             moments.merge(shard.get_tensor("moments"), images * self.latent_shape[1] * self.latent_shape[2])
         return moments
+
+    def latent_batches(self, rank: int = 0, world_size: int = 1, rows: int = 1024) -> Iterator[torch.Tensor]:
+        """The un-flipped latents of shards ``shard_indices(num_shards, rank, world_size)``, ``rows`` at a time.
+
+        Reads one slice at a time, so a fit over an ImageNet-size cache streams instead of loading it.
+        """
+        for number in shard_indices(len(self.index["shards"]), rank, world_size):
+            latents = self._shard(number).get_slice("latents")
+            count = latents.get_shape()[0]
+            for start in range(0, count, rows):
+                yield latents[start : min(start + rows, count)].float()
 
     def statistics(self) -> LatentStatistics:
         """The statistics ``cache_latents`` stored beside the shards."""

@@ -14,26 +14,38 @@ Per step (SPEC §1), on the engine of ``svg_diffusion.training``:
 The frozen encoder and LPIPS are never optimized. What DDP wraps and checkpoints hold is the trained part
 (``TrainedParts``: residual encoder, alignment statistics, decoder), not the frozen encoder. At the end
 ``out_dir/autoencoder`` holds the model as ``SVGAutoencoder.save_pretrained`` writes it.
+
+Fine-tuning. ``init_from`` starts from a trained autoencoder's weights (same architecture). With
+``train_parts: decoder`` the latent is fixed (residual encoder and alignment frozen in eval mode, no residual
+masking): only the decoder and the critic learn, so a latent cache, latent statistics and a diffusion model
+trained on the old autoencoder stay valid for the new one. ``latent_noise`` τ > 0 then trains the decoder on
+z + σ·s·ε with σ ~ τ·U(0, 1) per sample and s the per-channel std of the latents (measured once at the start
+over the first training images): a decoder that tolerates the small errors of generated latents (RAE).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..autoencoder.losses import AutoencoderLoss, LossConfig
-from ..autoencoder.model import AutoencoderConfig
-from ..autoencoder.vae import Autoencoder, VAEConfig, build_autoencoder
+from ..autoencoder.model import AutoencoderConfig, AutoencoderOutput, SVGAutoencoder
+from ..autoencoder.vae import Autoencoder, VAEConfig, build_autoencoder, load_autoencoder
 from ..config import ConfigError, from_dict, save_config
 from ..data import DataConfig, build_dataset, random_hflip
+from ..diffusion.latents import LatentMoments
+from ..errors import SVGError
 from ..evaluation.image_metrics import psnr
 from ..training import Engine, EngineConfig, StepContext, Trainer
 from ..training.distributed import barrier
 from ..utils.images import save_image_grid
+from ..utils.pretrained import load_state_dict_strict
 
 MODEL_FOLDER = "autoencoder"
 SAMPLES_FOLDER = "samples"
@@ -69,6 +81,10 @@ class AutoencoderTrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     preview_images: int = 16
+    init_from: str | None = None  # an autoencoder folder (or a pipeline folder holding one) to start from
+    train_parts: Literal["all", "decoder"] = "all"
+    latent_noise: float = 0.0  # τ, with train_parts: decoder (see the module docstring)
+    latent_noise_images: int = 1024  # training images whose latents give the per-channel std s
 
     def __post_init__(self):
         if isinstance(self.model, dict):  # from a file: ``kind`` picks the class first, so errors name the right key
@@ -81,6 +97,16 @@ class AutoencoderTrainConfig:
             raise ValueError(f"data.image_size {self.data.image_size} differs from model.image_size {self.model.image_size}")
         if self.preview_images < 1:
             raise ValueError(f"preview_images must be at least 1, got {self.preview_images}")
+        if self.train_parts not in ("all", "decoder"):
+            raise ValueError(f"train_parts must be 'all' or 'decoder', got {self.train_parts!r}")
+        if not (math.isfinite(self.latent_noise) and self.latent_noise >= 0):
+            raise ValueError(f"latent_noise must be a finite number >= 0, got {self.latent_noise}")
+        if self.latent_noise > 0 and self.train_parts != "decoder":
+            raise ValueError("latent_noise needs train_parts: decoder (a trained encoder would learn to outgrow the noise)")
+        if self.train_parts == "decoder" and (self.init_from is None or isinstance(self.model, VAEConfig)):
+            raise ValueError("train_parts: decoder fine-tunes the decoder of a trained SVG autoencoder: set init_from")
+        if self.latent_noise_images < 2:
+            raise ValueError(f"latent_noise_images must be at least 2, got {self.latent_noise_images}")
 
 
 class TrainedParts(nn.Module):
@@ -91,25 +117,48 @@ class TrainedParts(nn.Module):
     autoencoder's, which uses these very submodules.
     """
 
-    def __init__(self, autoencoder: Autoencoder):
+    def __init__(self, autoencoder: Autoencoder, decoder_only: bool = False):
         super().__init__()
-        for name, module in autoencoder._trained_modules().items():
+        modules = autoencoder._trained_modules()
+        for name, module in ({"decoder": modules["decoder"]} if decoder_only else modules).items():
             self.add_module(name, module)
         object.__setattr__(self, "autoencoder", autoencoder)  # not a submodule: keeps the frozen encoder out
+        self.decoder_only = decoder_only
 
-    def forward(self, images: torch.Tensor, extra: torch.Tensor | None = None):
-        """The autoencoder's forward: ``extra`` is the residual mask (SVG) or the posterior noise (VAE)."""
-        return self.autoencoder(images, extra)
+    def forward(self, images: torch.Tensor, extra: torch.Tensor | None = None,
+                latent_noise: torch.Tensor | None = None):
+        """The autoencoder's forward: ``extra`` is the residual mask (SVG) or the posterior noise (VAE).
+
+        Decoder-only: the latent is computed without gradients by the frozen parts, ``latent_noise`` (the
+        scaled noise, or None) is added, and only the decoder runs with gradients.
+        """
+        if not self.decoder_only:
+            return self.autoencoder(images, extra)
+        with torch.no_grad():
+            latent = self.autoencoder.encode(images)
+        if latent_noise is not None:
+            latent = latent + latent_noise.to(latent.dtype)
+        return AutoencoderOutput(self.autoencoder.decode(latent), latent)
 
 
 class AutoencoderTrainer(Trainer):
     """Generator (residual encoder + decoder) and PatchGAN updates of the SVG autoencoder; see the module docstring."""
 
-    def __init__(self, config: AutoencoderTrainConfig, device: torch.device, preview: torch.Tensor):
+    def __init__(self, config: AutoencoderTrainConfig, device: torch.device, preview: torch.Tensor,
+                 train_images: Dataset | None = None):
         self.config = config
         self.autoencoder = build_autoencoder(config.model).to(device)
         self.is_vae = isinstance(config.model, VAEConfig)
-        self.trained = TrainedParts(self.autoencoder)
+        if config.init_from is not None:
+            load_trained_weights(self.autoencoder, config.init_from)
+        decoder_only = config.train_parts == "decoder"
+        if decoder_only:  # the latent is fixed: running alignment statistics frozen, no residual masking
+            for name, module in self.autoencoder._trained_modules().items():
+                if name != "decoder":
+                    module.eval().requires_grad_(False)
+        self.trained = TrainedParts(self.autoencoder, decoder_only)
+        self.noise_std = (latent_channel_std(self.autoencoder, train_images, config.latent_noise_images, device)
+                          if config.latent_noise > 0 else None)
         self.criterion = AutoencoderLoss(config.loss).to(device)  # frozen LPIPS + the discriminator
         opt = config.optimizer
         self.opt_g = torch.optim.Adam(self.trained.parameters(), lr=opt.lr, betas=opt.betas)
@@ -127,16 +176,24 @@ class AutoencoderTrainer(Trainer):
         images, _ = batch
         if self.config.data.hflip:
             images = random_hflip(images, ctx.generator("hflip"), ctx.global_batch_size, ctx.batch_offset)
+        model = self.autoencoder
+        latent_shape = (model.latent_channels, model.latent_size, model.latent_size)
         if self.is_vae:  # posterior noise, drawn for the global batch like the SVG mask
-            model = self.autoencoder
-            extra = ctx.randn("posterior", model.latent_channels, model.latent_size, model.latent_size)
+            extra = ctx.randn("posterior", *latent_shape)
+        elif self.trained.decoder_only:
+            extra = torch.zeros(len(images), dtype=torch.bool, device=images.device)  # unused: nothing is masked
         else:
-            extra = ctx.local_rows(self.autoencoder.draw_residual_mask(ctx.global_batch_size, ctx.generator("residual_mask")))
+            extra = ctx.local_rows(model.draw_residual_mask(ctx.global_batch_size, ctx.generator("residual_mask")))
+        if self.noise_std is not None:  # z + σ·s·ε, σ ~ τ·U(0, 1) per sample, for the global batch
+            sigma = self.config.latent_noise * ctx.rand("latent_noise_level").view(-1, 1, 1, 1)
+            noise = sigma * self.noise_std.view(1, -1, 1, 1) * ctx.randn("latent_noise", *latent_shape)
+        else:
+            noise = torch.zeros(len(images), device=images.device)  # a placeholder micro_batches can split
         adversarial = self.criterion.gan_active(ctx.step)
 
         reconstructions = []
-        for x, e in ctx.micro_batches(images, extra):
-            out = ctx.modules["autoencoder"](x, e)
+        for x, e, n in ctx.micro_batches(images, extra, noise):
+            out = ctx.modules["autoencoder"](x, e, n if self.noise_std is not None else None)
             recon = out.recon
             loss, parts = self.criterion.generator_loss(x, recon, self.autoencoder.decoder.last_layer, adversarial)
             if self.is_vae:
@@ -160,6 +217,15 @@ class AutoencoderTrainer(Trainer):
         ctx.optimizer_step(self.opt_d)
 
     @torch.no_grad()
+    def state_dict(self) -> dict:
+        return {} if self.noise_std is None else {"latent_noise_std": self.noise_std}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.noise_std is not None:
+            self.noise_std = state["latent_noise_std"].to(self.noise_std.device)
+        else:
+            super().load_state_dict(state)
+
     def on_sample(self, ctx: StepContext) -> None:
         """Reconstruct the preview images in eval mode (running alignment statistics): log PSNR, write a grid."""
         self.autoencoder.eval()
@@ -168,6 +234,37 @@ class AutoencoderTrainer(Trainer):
         ctx.log(preview_psnr=psnr(self.preview, recon).mean())
         if ctx.is_main:
             save_reconstruction_grid(self.preview, recon, ctx.out_dir / SAMPLES_FOLDER / f"recon_{ctx.step:08d}.png")
+
+
+def load_trained_weights(autoencoder: Autoencoder, folder: str | Path) -> None:
+    """Copy a saved autoencoder's trained weights (``model.safetensors``) into ``autoencoder``, strictly.
+
+    ``folder`` is an autoencoder folder or a pipeline folder holding one; its architecture must be
+    ``autoencoder``'s (a missing, unexpected or misshapen key fails by name). The frozen encoders must be equal too:
+    a decoder trained on other features would be meaningless.
+    """
+    source = load_autoencoder(folder)
+    if type(source) is not type(autoencoder):
+        raise SVGError(f"init_from {folder}: a {type(source).__name__}, but the config describes a {type(autoencoder).__name__}")
+    if isinstance(source, SVGAutoencoder):
+        own, theirs = autoencoder.encoder.vit.state_dict(), source.encoder.vit.state_dict()
+        if own.keys() != theirs.keys() or not all(torch.equal(own[k], theirs[k].to(own[k].device)) for k in own):
+            raise SVGError(f"init_from {folder}: its frozen encoder differs from the config's model.encoder")
+    load_state_dict_strict(autoencoder._trained_modules(), source._trained_modules().state_dict(), str(folder),
+                           "the autoencoder")
+
+
+@torch.no_grad()
+def latent_channel_std(autoencoder: SVGAutoencoder, dataset: Dataset, count: int, device: torch.device) -> torch.Tensor:
+    """Per-channel std (float32 [C]) of the latents of the first ``count`` images of ``dataset`` (eval mode)."""
+    was_training = autoencoder.training
+    autoencoder.eval()
+    moments = LatentMoments(autoencoder.latent_channels, device)
+    loader = DataLoader(Subset(dataset, range(min(count, len(dataset)))), batch_size=256, shuffle=False)
+    for images, _ in loader:
+        moments.add(autoencoder.encode(images.to(device)).float())
+    autoencoder.train(was_training)
+    return moments.statistics().std.to(device)
 
 
 def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path) -> Path:
@@ -188,8 +285,9 @@ def train_autoencoder(config: AutoencoderTrainConfig, resume: bool = False) -> P
         save_config(config, out_dir / "config.yaml")
     preview_data = build_dataset(config.data, "test", progress=False)
     preview = torch.stack([preview_data[i][0] for i in range(min(config.preview_images, len(preview_data)))])
-    trainer = AutoencoderTrainer(config, engine.device, preview)
-    engine.fit(trainer, build_dataset(config.data, "train", progress=engine.is_main), resume=resume)
+    train_images = build_dataset(config.data, "train", progress=engine.is_main)
+    trainer = AutoencoderTrainer(config, engine.device, preview, train_images)
+    engine.fit(trainer, train_images, resume=resume)
     folder = out_dir / MODEL_FOLDER
     if engine.is_main:
         trainer.autoencoder.eval().save_pretrained(folder)

@@ -4,14 +4,17 @@ Per step, on the engine of ``svg_diffusion.training`` (so one process equals N a
 
 1. this rank's latents: the batch's images encoded by the frozen autoencoder (mirrored first for the
    samples the step's ``hflip`` coins pick, when ``data.hflip``), or, with a latent cache, the cached
-   latent of each image or of its mirror under the same coins; then normalized with the latent statistics;
+   latent of each image or of its mirror under the same coins; then mapped through the latent transform
+   (per-channel normalization, or the whitened top-k PCA coordinates: ``latent_transform``);
 2. noise, times and label drops drawn for the GLOBAL batch from the step's ``flow`` generator, this rank's
    rows (``draw_flow_inputs``);
 3. the flow-matching MSE through the (DDP) transformer, an AdamW step, the EMA update.
 
-The latent statistics are fixed before training: read from ``latent_stats`` (a file), from the cache, or
-computed over the training split; they are written to ``out_dir/latent_stats.safetensors`` and kept in
-every checkpoint, so a resumed run uses the very same ones. Every ``engine.sample_every`` steps and at the
+The latent transform is fixed before training. Per-channel: the statistics are read from ``latent_stats`` (a
+file), from the cache, or computed over the training split, and written to ``out_dir/latent_stats.safetensors``.
+PCA: read from ``latent_transform.path``, or fitted over the cache (streamed shard by shard) or the encoded
+training split, and written to ``out_dir/latent_transform/``. Either is kept in every checkpoint, so a
+resumed run uses the very same one. Every ``engine.sample_every`` steps and at the
 end, the EMA transformer draws a class-conditional grid (``out_dir/samples/step_XXXXXXXX.png``, one labelled
 row per class). At the end ``out_dir/pipeline`` is a complete :class:`SVGPipeline` with the EMA transformer.
 """
@@ -19,6 +22,7 @@ row per class). At the end ``out_dir/pipeline`` is a complete :class:`SVGPipelin
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,16 +35,20 @@ from ..autoencoder import load_autoencoder as load_autoencoder_folder
 from ..config import from_dict, save_config, to_dict
 from ..data import DataConfig, build_dataset, random_hflip
 from ..diffusion.flow import FlowMatchingConfig, draw_flow_inputs, flow_matching_loss
+from ..diffusion.latent_transform import (
+    LatentTransform, LatentTransformConfig, check_transform, fit_latent_transform, load_latent_transform,
+    save_latent_transform, transform_from_state, transform_state,
+)
 from ..diffusion.latents import (
     LatentCacheDataset, LatentStatistics, autoencoder_fingerprint, cache_latents, compute_latent_statistics,
-    encode_latents,
+    encode_latents, encoded_batches,
 )
 from ..diffusion.transformer import DIT_SIZES, DiT, DiTConfig
 from ..errors import SVGError
-from ..pipeline import AUTOENCODER_FOLDER, INDEX_FILE, STATS_FILE, SamplingDefaults, SVGPipeline
+from ..pipeline import AUTOENCODER_FOLDER, INDEX_FILE, STATS_FILE, TRANSFORM_FOLDER, SamplingDefaults, SVGPipeline
 from ..sample_writer import class_labels, write_samples
 from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, derive_seed
-from ..training.distributed import barrier, setup_distributed
+from ..training.distributed import barrier, rank_and_world_size, setup_distributed
 
 PIPELINE_FOLDER = "pipeline"
 SAMPLES_FOLDER = "samples"
@@ -123,6 +131,8 @@ class DiffusionTrainConfig:
     - ``latent_cache``: a folder written by ``cache-latents`` from this very ``data`` and ``autoencoder``;
       training then reads latents instead of encoding (None: encode online).
     - ``latent_stats``: a ``latent_stats.safetensors`` file to use (None: the cache's, or computed).
+    - ``latent_transform``: what the transformer models (``per_channel``, the default, or ``pca``; see
+      :class:`LatentTransformConfig`).
     - ``sampling``: the sampler settings the final pipeline gets (its defaults are the paper's).
     - ``encode_batch_size``: batch size for computing the statistics online.
     """
@@ -132,6 +142,7 @@ class DiffusionTrainConfig:
     data: DataConfig
     latent_cache: str | None = None
     latent_stats: str | None = None
+    latent_transform: LatentTransformConfig = field(default_factory=LatentTransformConfig)
     model: TransformerConfig = field(default_factory=TransformerConfig)
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     optimizer: AdamWConfig = field(default_factory=AdamWConfig)
@@ -214,6 +225,28 @@ def dataset_classes(dataset: Dataset) -> list[str]:
     return list(getattr(dataset, "classes", None) or [])
 
 
+def training_transform(config: DiffusionTrainConfig, autoencoder: Autoencoder, dataset: Dataset, resume: bool,
+                       progress: bool = True) -> LatentTransform:
+    """The latent transform of a run: a resumed run's own, ``latent_transform.path``, or fitted (see the module docstring).
+
+    Every rank must call it (a fit is sharded over ranks).
+    """
+    settings = config.latent_transform
+    if settings.kind == "per_channel":
+        return training_statistics(config, autoencoder, dataset, resume, progress)
+    own = Path(config.engine.out_dir) / TRANSFORM_FOLDER
+    source = own if resume and own.is_dir() else settings.path
+    if source is not None:
+        return check_transform(load_latent_transform(source), settings, autoencoder.latent_channels, str(source))
+    if isinstance(dataset, LatentCacheDataset):
+        batches = dataset.latent_batches(*rank_and_world_size())
+    else:
+        batches = encoded_batches(autoencoder, dataset, config.encode_batch_size, config.engine.num_workers, progress,
+                                  desc="fitting the latent transform")
+    device = next(autoencoder.parameters()).device
+    return fit_latent_transform(settings, batches, autoencoder.latent_channels, device)
+
+
 def training_statistics(config: DiffusionTrainConfig, autoencoder: Autoencoder, dataset: Dataset,
                         resume: bool, progress: bool = True) -> LatentStatistics:
     """The latent statistics of a run: a resumed run's own file, ``config.latent_stats``, the cache's, or computed."""
@@ -245,23 +278,40 @@ def preview_classes(preview: PreviewConfig, class_names: list[str]) -> list[int]
     return list(preview.classes)
 
 
+def warn_if_token_exceeds_width(config: DiTConfig) -> None:
+    """Warn when a patch token carries more numbers than the transformer's width (RAE: width >= token dimension).
+
+    The input projection then squeezes the token, and velocity prediction of a token the network cannot
+    represent fails (JiT); a smaller patch, a wider model or a PCA latent transform avoids it.
+    """
+    token = config.patch_size**2 * config.in_channels
+    if token > config.hidden_size:
+        warnings.warn(f"the DiT's patch tokens hold {token} numbers ({config.patch_size}x{config.patch_size} patch x "
+                      f"{config.in_channels} channels) but its width is {config.hidden_size}: it will learn poorly. "
+                      "Use a smaller patch, a wider model, or a PCA latent transform (latent_transform.kind: pca)",
+                      stacklevel=2)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------------------
 
 
 class DiffusionTrainer(Trainer):
-    """Flow matching of a DiT on normalized latents, with EMA and preview grids; see the module docstring."""
+    """Flow matching of a DiT on transformed latents, with EMA and preview grids; see the module docstring."""
 
-    def __init__(self, config: DiffusionTrainConfig, autoencoder: Autoencoder, stats: LatentStatistics,
+    def __init__(self, config: DiffusionTrainConfig, autoencoder: Autoencoder, transform: LatentTransform,
                  class_names: list[str], cached: bool, device: torch.device):
         self.config = config
         self.autoencoder = autoencoder.to(device).eval()
-        self.stats = stats
+        self.transform = transform
         self.class_names = class_names
         self.cached = cached
         self.preview_classes = preview_classes(config.preview, class_names)
-        dit_config = config.model.build(autoencoder.latent_channels, autoencoder.latent_size, len(class_names))
+        size = autoencoder.latent_size
+        self.flow = config.flow.resolved(size * size, transform.channels)
+        dit_config = config.model.build(transform.channels, size, len(class_names))
+        warn_if_token_exceeds_width(dit_config)
         # Seeded on its own, so the initialization does not depend on what ran before (loading, statistics).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(derive_seed(config.engine.seed, "transformer"))
@@ -283,9 +333,9 @@ class DiffusionTrainer(Trainer):
     def training_step(self, batch, ctx: StepContext) -> None:
         latents, labels = batch_latents(batch, None if self.cached else self.autoencoder, self.config.data.hflip,
                                         ctx.generator("hflip"), ctx.global_batch_size, ctx.batch_offset)
-        x = self.stats.normalize(latents)
+        x = self.transform.encode(latents)
         y = labels if self.class_names else torch.zeros_like(labels)  # unconditional: the null class 0
-        inputs = draw_flow_inputs((ctx.global_batch_size, *x.shape[1:]), self.config.flow, ctx.generator("flow"),
+        inputs = draw_flow_inputs((ctx.global_batch_size, *x.shape[1:]), self.flow, ctx.generator("flow"),
                                   ctx.device).rows(ctx.batch_offset, ctx.batch_offset + ctx.local_batch_size)
         for x_i, y_i, noise, t, drop in ctx.micro_batches(x, y, inputs.noise, inputs.t, inputs.drop):
             loss = flow_matching_loss(ctx.modules["transformer"], x_i, y_i, noise, t, drop)
@@ -295,16 +345,19 @@ class DiffusionTrainer(Trainer):
         self.ema.update(self.transformer)
 
     def state_dict(self) -> dict:
-        return {"ema": self.ema.state_dict(), "latent_stats": {"mean": self.stats.mean, "std": self.stats.std}}
+        return {"ema": self.ema.state_dict(), "latent_transform": transform_state(self.transform)}
 
     def load_state_dict(self, state: dict) -> None:
         self.ema.load_state_dict(state["ema"])
-        self.stats = LatentStatistics(state["latent_stats"]["mean"], state["latent_stats"]["std"])
+        if "latent_stats" in state:  # checkpoints written before latent transforms existed
+            self.transform = LatentStatistics(state["latent_stats"]["mean"], state["latent_stats"]["std"])
+        else:
+            self.transform = transform_from_state(state["latent_transform"])
 
     def ema_pipeline(self) -> SVGPipeline:
         """The pipeline of the EMA transformer as it is now."""
         self.ema.copy_to(self.ema_transformer)
-        return SVGPipeline(self.autoencoder, self.ema_transformer, self.stats, self.class_names or None,
+        return SVGPipeline(self.autoencoder, self.ema_transformer, self.transform, self.class_names or None,
                            self.config.sampling)
 
     @torch.no_grad()
@@ -334,12 +387,15 @@ def train_diffusion(config: DiffusionTrainConfig, resume: bool = False) -> Path:
     autoencoder = load_autoencoder(config.autoencoder).to(engine.device)
     dataset = training_dataset(config, autoencoder, progress=engine.is_main)
     preview_classes(config.preview, dataset_classes(dataset))  # a wrong class fails before the statistics
-    stats = training_statistics(config, autoencoder, dataset, resume, progress=engine.is_main)
+    transform = training_transform(config, autoencoder, dataset, resume, progress=engine.is_main)
     if engine.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
-        stats.save(out_dir / STATS_FILE)
-    trainer = DiffusionTrainer(config, autoencoder, stats, dataset_classes(dataset),
+        if isinstance(transform, LatentStatistics):
+            transform.save(out_dir / STATS_FILE)
+        else:
+            transform.save(out_dir / TRANSFORM_FOLDER)
+    trainer = DiffusionTrainer(config, autoencoder, transform, dataset_classes(dataset),
                                cached=isinstance(dataset, LatentCacheDataset), device=engine.device)
     engine.fit(trainer, dataset, resume=resume)
     folder = out_dir / PIPELINE_FOLDER
@@ -377,3 +433,22 @@ def training_latent_statistics(config: DiffusionTrainConfig, out: str | Path, pr
         stats.save(out)
     barrier()
     return Path(out)
+
+
+def fit_training_transform(config: DiffusionTrainConfig, out: str | Path | None = None, progress: bool = True) -> Path:
+    """The ``fit-latent-transform`` command: fit ``config.latent_transform`` over the training latents (the
+    cache's, streamed, or ``config.data`` encoded) and write it to ``out`` (default ``latent_transform.path``),
+    which ``latent_transform.path`` then names. Sharded over ranks under torchrun."""
+    target = out if out is not None else config.latent_transform.path
+    if target is None:
+        raise SVGError("no output folder: pass one or set latent_transform.path in the config")
+    settings = dataclasses.replace(config.latent_transform, path=None)
+    place = setup_distributed(config.engine.device)
+    autoencoder = load_autoencoder(config.autoencoder).to(place.device)
+    dataset = training_dataset(config, autoencoder, progress=progress and place.is_main)
+    fitting = dataclasses.replace(config, latent_transform=settings, latent_stats=None)
+    transform = training_transform(fitting, autoencoder, dataset, resume=False, progress=progress and place.is_main)
+    if place.is_main:
+        save_latent_transform(transform, target)
+    barrier()
+    return Path(target)

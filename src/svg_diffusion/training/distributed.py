@@ -82,6 +82,11 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world_size) of this process in torch.distributed, or (0, 1) outside it."""
+    return (dist.get_rank(), dist.get_world_size()) if _active() else (0, 1)
+
+
 def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """Reduce ``tensor`` in place over all processes ("sum", "max" or "mean"); a no-op in a single process."""
     if _active():
