@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..autoencoder import SVGAutoencoder
 from ..config import to_dict
 from ..data.sharding import shard_indices
 from ..errors import SVGError
@@ -33,8 +34,6 @@ from ..training.distributed import all_reduce_, barrier, rank_and_world_size
 from ..utils.files import atomic_path
 from ..utils.pretrained import read_json, read_state_file, write_json
 
-if TYPE_CHECKING:
-    from ..autoencoder import SVGAutoencoder
 
 FORMAT = "svg-diffusion-latent-stats"
 
@@ -198,8 +197,6 @@ def autoencoder_fingerprint(autoencoder: SVGAutoencoder) -> str:
     A latent cache records it, and training refuses a cache made by another autoencoder; a decoder fine-tuned on
     the same latent (``train_parts: decoder``) keeps its caches valid.
     """
-    from ..autoencoder import SVGAutoencoder  # here: the autoencoder package's trainer imports this module
-
     config = to_dict(autoencoder.config)
     if isinstance(autoencoder, SVGAutoencoder):  # (the VAE's encoder is built from its decoder config)
         config.pop("decoder")
