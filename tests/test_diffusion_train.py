@@ -92,7 +92,7 @@ def test_loss_falls_and_the_run_leaves_a_pipeline_and_a_grid(trained):
     # the pipeline holds the EMA weights and the run's statistics
     for name, value in pipe.transformer.state_dict().items():
         assert torch.equal(value, state["trainer"]["ema"]["shadow"][name]), name
-    assert torch.equal(pipe.latent_stats.mean, state["trainer"]["latent_stats"]["mean"])
+    assert torch.equal(pipe.latent_stats.mean, state["trainer"]["latent_transform"]["mean"])
     assert torch.equal(LatentStatistics.load(trained / "latent_stats.safetensors").std, pipe.latent_stats.std)
     assert pipe.class_names[7] == "Sneaker" and pipe.sampling.num_steps == 3
     images = pipe(["Trouser", "Bag"], generator=torch.Generator().manual_seed(0), output_type="np")

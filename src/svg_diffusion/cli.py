@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from .errors import SVGError
 
@@ -321,6 +322,45 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def add_diagnose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diagnose", help="why a pipeline generates what it does: rFID floors, noise robustness, "
+                                        "latent statistics of its samples, the latent's PCA spectrum",
+                       description="See docs/evaluation.md (Diagnosing a pipeline) for what each line means.")
+    p.add_argument("--pipeline", required=True, help="pipeline folder (or 'demo' for the shipped one)")
+    p.add_argument("--real", required=True,
+                   help="reference images: fashion_mnist:test, an image folder or an .npz (first --limit images)")
+    p.add_argument("--limit", type=int, default=2000, help="real images to use (default 2000)")
+    p.add_argument("--samples", type=int, default=None, help="samples to draw (default: as many as real images)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
+    p.add_argument("--components", type=int, default=None,
+                   help="k of the diagnostic PCA (default: the pipeline's PCA k, else 97%% of the variance)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--out-dir", default="outputs/diagnose", help="where diagnose.json and spectrum.png go")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    def run(args: argparse.Namespace) -> None:
+        import json
+
+        from .demo import demo_pipeline
+        from .evaluation.diagnose import JSON_FILE, SPECTRUM_FILE, diagnose, format_diagnosis
+        from .pipeline import SVGPipeline
+        from .training.distributed import setup_distributed
+
+        device = setup_distributed(args.device).device
+        pipe = (demo_pipeline() if args.pipeline == "demo" else SVGPipeline.from_pretrained(args.pipeline)).to(device)
+        results = diagnose(pipe, args.real, limit=args.limit, num_samples=args.samples, pca_components=args.components,
+                           seed=args.seed, num_steps=args.steps, batch_size=args.batch_size, out_dir=args.out_dir)
+        if args.json:
+            print(json.dumps(results))
+            return
+        print(format_diagnosis(results))
+        print(f"wrote {Path(args.out_dir) / JSON_FILE} and {Path(args.out_dir) / SPECTRUM_FILE}")
+
+    p.set_defaults(handler=run)
+
+
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="FID, precision/recall, Inception Score, Fréchet distance in encoder space of image sources",
@@ -413,7 +453,7 @@ def add_feature_cache(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS = [add_demo, add_encode, add_encoders, add_train_autoencoder, add_eval_autoencoder, add_convert_official,
             add_train, add_cache_latents, add_latent_stats, add_fit_latent_transform, add_sample,
-            add_pretrain_encoder, add_probe, add_evaluate, add_feature_cache]
+            add_pretrain_encoder, add_probe, add_evaluate, add_diagnose, add_feature_cache]
 
 
 def build_parser() -> argparse.ArgumentParser:

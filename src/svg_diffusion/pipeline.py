@@ -25,6 +25,7 @@ existed hold ``latent_stats.safetensors`` and load and sample exactly as before.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence
@@ -123,9 +124,12 @@ class SVGPipeline:
         self.autoencoder.save_pretrained(folder / AUTOENCODER_FOLDER)
         if self.transformer is not None:
             self.transformer.save_pretrained(folder / TRANSFORMER_FOLDER)
+            # One transform per folder: a stale one of the other kind would be loaded in its place.
             if isinstance(self.latent_transform, LatentStatistics):  # the file pipelines have always had
+                shutil.rmtree(folder / TRANSFORM_FOLDER, ignore_errors=True)
                 self.latent_transform.save(folder / STATS_FILE)
             else:
+                (folder / STATS_FILE).unlink(missing_ok=True)
                 self.latent_transform.save(folder / TRANSFORM_FOLDER)
         # The index goes last: a folder with an index is complete.
         write_json(folder / INDEX_FILE, {"format": FORMAT, "class_names": self.class_names,
