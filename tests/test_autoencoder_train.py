@@ -20,7 +20,8 @@ from svg_diffusion.autoencoder import SVGAutoencoder
 from svg_diffusion.cli import main
 from svg_diffusion.config import ConfigError, from_dict, load_config
 from svg_diffusion.data import FashionMNIST
-from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config
+from svg_diffusion.diffusion.latents import autoencoder_fingerprint
+from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config, load_encoder, save_encoder
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction
 from svg_diffusion.trainers.autoencoder import AutoencoderTrainConfig, train_autoencoder
@@ -75,6 +76,56 @@ def assert_same_state(a: dict, b: dict) -> None:
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def finetune_config(out_dir: Path, base: Path, max_steps: int = 3, **settings) -> AutoencoderTrainConfig:
+    data = json.loads(json.dumps(TINY))
+    data["engine"].update(out_dir=str(out_dir), max_steps=max_steps, checkpoint_every=1, sample_every=3)
+    data.update(init_from=str(base), train_parts="decoder", **settings)
+    return from_dict(AutoencoderTrainConfig, data)
+
+
+def test_decoder_finetuning_keeps_the_latent_and_resumes_exactly(tmp_path, fmnist_dir):
+    base = train_autoencoder(tiny_config(tmp_path / "base", max_steps=2, checkpoint_every=2))
+    straight = train_autoencoder(finetune_config(tmp_path / "straight", base, latent_noise=0.5))
+    before, after = SVGAutoencoder.from_pretrained(base), SVGAutoencoder.from_pretrained(straight)
+    # the latent is the base model's (a cache of it stays valid), the decoder learned
+    assert autoencoder_fingerprint(after) == autoencoder_fingerprint(before)
+    for name in ("residual", "alignment"):
+        assert_same_state(getattr(before, name).state_dict(), getattr(after, name).state_dict())
+    assert not torch.equal(before.decoder.conv_out.weight, after.decoder.conv_out.weight)
+    state = load_checkpoint(checkpoint_path(tmp_path / "straight", 3))
+    assert set(state["modules"]["autoencoder"]) == {k for k in state["modules"]["autoencoder"] if k.startswith("decoder.")}
+    assert state["trainer"]["latent_noise_std"].shape == (68,)
+    # the noise scale is measured once and kept: a resumed run continues bit-identically
+    train_autoencoder(finetune_config(tmp_path / "resumed", base, max_steps=2, latent_noise=0.5))
+    train_autoencoder(finetune_config(tmp_path / "resumed", base, latent_noise=0.5), resume=True)
+    resumed = load_checkpoint(checkpoint_path(tmp_path / "resumed", 3))
+    for part in ("modules", "optimizers", "trainer"):
+        assert_same_state(state[part], resumed[part])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"train_parts": "decoder"}, "set init_from"),
+    ({"latent_noise": 0.1}, "latent_noise needs train_parts: decoder"),
+    ({"train_parts": "encoder"}, "train_parts"),
+])
+def test_finetuning_config_errors(settings, message):
+    data = {**json.loads(json.dumps(TINY)), **settings}
+    data["engine"]["out_dir"] = "unused"
+    with pytest.raises((ConfigError, ValueError), match=message):
+        from_dict(AutoencoderTrainConfig, data)
+
+
+def test_init_from_must_hold_the_same_frozen_encoder(tmp_path, fmnist_dir):
+    base = train_autoencoder(tiny_config(tmp_path / "base", max_steps=1, checkpoint_every=1))
+    other = load_encoder(base / "encoder")
+    with torch.no_grad():
+        other.vit.norm.weight.mul_(2)  # the same architecture with other weights: another latent
+    config = finetune_config(tmp_path / "run", base)
+    config.model.encoder = str(save_encoder(other, tmp_path / "other_encoder"))
+    with pytest.raises(SVGError, match="its frozen encoder differs from the config's model.encoder"):
+        train_autoencoder(config)
 
 
 def test_command_trains_and_writes_a_working_model(tmp_path, fmnist_dir, capsys):

@@ -3,6 +3,7 @@ images and a tiny DiT: the loss falls, the run leaves a pipeline that samples, r
 online latents train identically, and two gloo processes under torchrun compute what one process computes.
 """
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ from PIL import Image
 from svg_diffusion.cli import main
 from svg_diffusion.config import to_dict
 from svg_diffusion.data import DataConfig, FashionMNIST
-from svg_diffusion.diffusion.latents import LatentStatistics, compute_latent_statistics
+from svg_diffusion.diffusion.flow import FlowMatchingConfig, dimension_shift, sample_training_time
+from svg_diffusion.diffusion.latent_transform import LatentTransformConfig, fit_pca, load_latent_transform
+from svg_diffusion.diffusion.latents import LatentCacheDataset, LatentStatistics, compute_latent_statistics
 from svg_diffusion.errors import SVGError
 from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
 from svg_diffusion.sample_writer import class_labels, sample_noise, write_samples
@@ -180,6 +183,78 @@ def test_train_command_and_bad_configs(tmp_path, autoencoder_dir, stats_file, ca
         assert main(["train", "--config", str(path)]) == 2, name
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("svg-diffusion train: error: ") and message in err[0], (name, err)
+
+
+# ----------------------------------------------------------------------------------------- latent transforms
+
+
+def pca_config(out_dir, autoencoder_dir, cache_dir, **engine) -> DiffusionTrainConfig:
+    config = tiny_config(out_dir, autoencoder_dir, cache_dir, **engine)
+    config.latent_transform = LatentTransformConfig(kind="pca", components=6)
+    config.model = TransformerConfig("S", {"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": 1})
+    return config
+
+
+def test_a_pca_run_fits_saves_and_resumes_its_transform(tmp_path, autoencoder_dir, cache_dir):
+    train_diffusion(pca_config(tmp_path / "straight", autoencoder_dir, cache_dir))
+    fitted = load_latent_transform(tmp_path / "straight" / "latent_transform")
+    assert fitted.kind == "pca" and fitted.channels == 6 and not (tmp_path / "straight" / "latent_stats.safetensors").exists()
+    # fitted over the cache's latents: what a fit over the same latents in one piece gives
+    cache = LatentCacheDataset(cache_dir)
+    reference = fit_pca([torch.stack([cache[i][0] for i in range(len(cache))])], fitted.latent_channels, components=6)
+    for name, value in reference.state().items():
+        torch.testing.assert_close(fitted.state()[name], value, rtol=0, atol=1e-6)
+    pipe = SVGPipeline.from_pretrained(tmp_path / "straight" / "pipeline")
+    assert pipe.transformer.config.in_channels == 6 and pipe.noise_shape(1) == (1, 6, 8, 8)
+    assert pipe(["Bag"], generator=torch.Generator().manual_seed(0), output_type="np").shape == (1, 32, 32, 3)
+
+    train_diffusion(pca_config(tmp_path / "resumed", autoencoder_dir, cache_dir, max_steps=3))
+    train_diffusion(pca_config(tmp_path / "resumed", autoencoder_dir, cache_dir), resume=True)
+    straight, resumed = (load_checkpoint(checkpoint_path(tmp_path / run, 6)) for run in ("straight", "resumed"))
+    for part in ("modules", "optimizers", "trainer"):
+        assert_identical(straight[part], resumed[part], part)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+
+
+def test_fit_latent_transform_command_and_using_its_folder(tmp_path, autoencoder_dir, cache_dir, capsys):
+    config = to_dict(pca_config(tmp_path / "run", autoencoder_dir, cache_dir, max_steps=1))
+    path = write_yaml(tmp_path / "config.yaml", config)
+    folder = tmp_path / "pca"
+    assert main(["fit-latent-transform", "--config", str(path), "--out", str(folder),
+                 "--explained-variance", "0.9"]) == 0
+    fitted = load_latent_transform(folder)
+    assert fitted.explained_variance >= 0.9 and f"{folder}: pca, " in capsys.readouterr().out
+    # a run that names the folder uses it as it is (and checks it against the config)
+    using = {**config, "latent_transform": {"kind": "pca", "explained_variance": 0.9, "path": str(folder)}}
+    assert main(["train", "--config", str(write_yaml(tmp_path / "using.yaml", using))]) == 0
+    used = load_latent_transform(tmp_path / "run" / "latent_transform")
+    assert torch.equal(used.components, fitted.components)
+    wrong = {**using, "latent_transform": {"kind": "pca", "components": 3, "path": str(folder)},
+             "engine": {**config["engine"], "out_dir": str(tmp_path / "wrong")}}
+    assert main(["train", "--config", str(write_yaml(tmp_path / "wrong.yaml", wrong))]) == 2
+    assert f"components, latent_transform.components is 3" in capsys.readouterr().err
+    assert main(["fit-latent-transform", "--config", str(path)]) == 2  # no --out, no latent_transform.path
+    assert "no output folder" in capsys.readouterr().err
+
+
+def test_shift_auto_follows_the_modelled_latent_and_wide_tokens_warn(tmp_path, autoencoder_dir, cache_dir):
+    assert dimension_shift(256, 392) == pytest.approx(4.95, abs=0.01)  # SVG-XL's latent, RAE's rule
+    config = pca_config(tmp_path / "run", autoencoder_dir, cache_dir, max_steps=1)
+    config.flow = FlowMatchingConfig(shift="auto", shift_base=96.0)
+    config.model = TransformerConfig("S", {"hidden_size": 16, "depth": 1, "num_heads": 2, "patch_size": 2})
+    with pytest.warns(UserWarning, match=r"patch tokens hold 24 numbers \(2x2 patch x 6 channels\) but its width is 16"):
+        train_diffusion(config)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["flow"]["shift"] == "auto"
+    # 8x8 positions x 6 channels / 96 = 4, so k = 2: the run trained exactly as one with shift 2 does
+    assert config.flow.resolved(64, 6).shift == pytest.approx(2.0)
+    explicit = dataclasses.replace(config, engine=dataclasses.replace(config.engine, out_dir=str(tmp_path / "two")),
+                                   flow=FlowMatchingConfig(shift=2.0))
+    with pytest.warns(UserWarning):
+        train_diffusion(explicit)
+    assert losses(tmp_path / "two") == losses(tmp_path / "run")
+    with pytest.raises(ValueError, match="resolve it for the latent first"):
+        sample_training_time(4, config.flow, None)
 
 
 # ----------------------------------------------------------------------------------------- two processes

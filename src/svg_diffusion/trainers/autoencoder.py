@@ -151,14 +151,14 @@ class AutoencoderTrainer(Trainer):
         self.is_vae = isinstance(config.model, VAEConfig)
         if config.init_from is not None:
             load_trained_weights(self.autoencoder, config.init_from)
+        self.noise_std = (latent_channel_std(self.autoencoder, train_images, config.latent_noise_images, device)
+                          if config.latent_noise > 0 else None)
         decoder_only = config.train_parts == "decoder"
         if decoder_only:  # the latent is fixed: running alignment statistics frozen, no residual masking
             for name, module in self.autoencoder._trained_modules().items():
                 if name != "decoder":
                     module.eval().requires_grad_(False)
         self.trained = TrainedParts(self.autoencoder, decoder_only)
-        self.noise_std = (latent_channel_std(self.autoencoder, train_images, config.latent_noise_images, device)
-                          if config.latent_noise > 0 else None)
         self.criterion = AutoencoderLoss(config.loss).to(device)  # frozen LPIPS + the discriminator
         opt = config.optimizer
         self.opt_g = torch.optim.Adam(self.trained.parameters(), lr=opt.lr, betas=opt.betas)
