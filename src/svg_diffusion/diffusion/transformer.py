@@ -11,6 +11,11 @@ Switches that later work (LightningDiT and others) showed to train faster: ``nor
 
 Shapes: ``forward(x [B, C, H, W], t [B], y [B]) -> velocity [B, C, H, W]``; ``t`` in [0, 1] with t=0 noise and
 t=1 data (see :mod:`.flow`); ``y`` in [0, num_classes], where ``num_classes`` is the null ("no class") label.
+
+MeanFlow (:mod:`.mean_flow`) adds optional inputs, each off by default so that a model without them has the
+very same parameters and outputs: ``interval_input`` (the other end ``r`` of an interval; the model then
+predicts the average velocity from t to r) and ``guidance_input`` (the guidance scale, Improved MeanFlow).
+:func:`warm_start_mean_flow` turns a trained flow-matching model into a MeanFlow one.
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ class DiTConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     mlp: Literal["gelu", "swiglu"] = "gelu"
     rope: bool = False  # 2-D rotary embedding on q/k, on top of the fixed sin-cos embedding
+    # MeanFlow: a second time input, the interval's other end r, embedded as its length r - t (see DiT.condition).
+    interval_input: bool = False
+    # Improved MeanFlow: the classifier-free guidance scale w as an input, embedded as w - 1.
+    guidance_input: bool = False
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "input_size", "patch_size", "hidden_size", "depth", "num_heads"):
@@ -315,6 +324,11 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", sincos_2d(config.grid_size, dim).unsqueeze(0))
         self.t_embedder = TimestepEmbedder(dim)
         self.y_embedder = LabelEmbedder(config.num_classes, dim)
+        # Created only when switched on, so that the state dict of a model without them stays as it was.
+        if config.interval_input:
+            self.interval_embedder = TimestepEmbedder(dim)
+        if config.guidance_input:
+            self.guidance_embedder = TimestepEmbedder(dim)
         self.blocks = nn.ModuleList([DiTBlock(config) for _ in range(config.depth)])
         self.final_layer = FinalLayer(config, p * p * self.out_channels)
         if config.rope:
@@ -328,11 +342,17 @@ class DiT(nn.Module):
         """The label that means "no class" (unconditional branch of CFG, dropped labels in training)."""
         return self.config.num_classes
 
+    def extra_embedders(self) -> list[TimestepEmbedder]:
+        """The embedders of the optional MeanFlow inputs this model has (interval, guidance)."""
+        return [getattr(self, name) for name in ("interval_embedder", "guidance_embedder") if hasattr(self, name)]
+
     def initialize_weights(self) -> None:
         """DiT initialization: Xavier linears, N(0, 0.02) embeddings, and adaLN-Zero.
 
         Every modulation Linear and the output Linear start at zero, so each block starts as the identity
-        (gates are 0) and the initial model predicts exactly zero velocity.
+        (gates are 0) and the initial model predicts exactly zero velocity. The output Linear of each MeanFlow
+        embedder starts at zero too: its input is then ignored until training moves it, which is what makes
+        :func:`warm_start_mean_flow` exact.
         """
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -343,6 +363,9 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         zero_init = [block.adaLN_modulation[-1] for block in self.blocks]
         zero_init += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        for embedder in self.extra_embedders():
+            nn.init.normal_(embedder.mlp[0].weight, std=0.02)
+            zero_init.append(embedder.mlp[2])
         for linear in zero_init:
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
@@ -361,18 +384,43 @@ class DiT(nn.Module):
         x = tokens.reshape(b, grid, grid, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(b, self.out_channels, grid * p, grid * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
+    def condition(self, t: torch.Tensor, y: torch.Tensor, drop: torch.Tensor | None, r: torch.Tensor | None,
+                  guidance: torch.Tensor | None) -> torch.Tensor:
+        """The adaLN condition [B, hidden]: embeddings of t and the label, plus those of the MeanFlow inputs.
+
+        The interval enters as its length r - t rather than as r: "r = t" (the instantaneous velocity, which
+        most MeanFlow training samples and a warm start are about) is then the one input 0 whatever t is,
+        instead of a diagonal the network would have to find in two embeddings. The MeanFlow paper found
+        these embedding choices close to each other. The guidance scale enters as w - 1, 0 when unguided.
+        """
+        cfg = self.config
+        if r is not None and not cfg.interval_input:
+            raise SVGError("this DiT has no interval input (DiTConfig.interval_input): it cannot take r")
+        if guidance is not None and not cfg.guidance_input:
+            raise SVGError("this DiT has no guidance input (DiTConfig.guidance_input): it cannot take a guidance scale")
+        c = self.t_embedder(t) + self.y_embedder(y, drop)
+        if cfg.interval_input:
+            c = c + self.interval_embedder(torch.zeros_like(t) if r is None else r - t)
+        if cfg.guidance_input:
+            c = c + self.guidance_embedder(torch.zeros_like(t) if guidance is None else guidance - 1)
+        return c
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, drop: torch.Tensor | None = None,
+                r: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity [B, C, H, W] at latents x [B, C, H, W], times t [B] in [0, 1], labels y [B].
 
         ``drop`` [B] bool (training only) replaces the marked labels by the null class (CFG label dropout).
+        With ``interval_input``, ``r`` [B] is the interval's other end and the output is the average velocity
+        (z_r - z_t) / (r - t) along the flow (:mod:`.mean_flow`); ``r=None`` means r = t, the instantaneous
+        velocity, so such a model also runs in every flow-matching sampler. With ``guidance_input``,
+        ``guidance`` [B] is the guidance scale w the model was trained to apply (None: w = 1).
         """
         cfg = self.config
         expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise SVGError(f"DiT input: expected latents [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
         tokens = self.ln1(self.patchify(x)) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, drop)
+        c = self.condition(t, y, drop, r, guidance)
         rope = (self.rope_cos, self.rope_sin) if cfg.rope else None
         for block in self.blocks:
             tokens = block(tokens, c, rope)
@@ -391,6 +439,24 @@ class DiT(nn.Module):
         model = cls(config)
         load_state_dict_strict(model, read_pretrained_state(folder), str(folder), "the transformer")
         return model.eval()
+
+
+def warm_start_mean_flow(model: DiT, guidance_input: bool = False) -> DiT:
+    """A MeanFlow DiT (``interval_input``, and ``guidance_input`` if asked) holding every weight of ``model``.
+
+    The embedders it adds are initialized as in a new model, with a zero output Linear, so at r = t (and any
+    guidance scale) the result computes exactly what ``model`` computes: fine-tuning a trained flow-matching
+    model into a one-step model starts from the flow-matching model itself (the cheap path, MF-RAE). It
+    lands on ``model``'s device and dtype, in ``model``'s train/eval mode; ``model`` is left as it is.
+    """
+    config = replace(model.config, interval_input=True, guidance_input=guidance_input or model.config.guidance_input)
+    parameter = next(model.parameters())
+    warm = DiT(config).to(device=parameter.device, dtype=parameter.dtype).train(model.training)
+    missing, unexpected = warm.load_state_dict(model.state_dict(), strict=False)
+    new = {name for name in warm.state_dict() if name.startswith(("interval_embedder.", "guidance_embedder."))}
+    if unexpected or not set(missing) <= new:
+        raise SVGError(f"warm start: the model's weights do not fit (missing {missing}, unexpected {unexpected})")
+    return warm
 
 
 def compile_for_sampling(model: DiT) -> FrozenCompiledDiT:
@@ -422,9 +488,10 @@ class FrozenCompiledDiT(nn.Module):
     def null_class(self) -> int:
         return self.compiled.null_class
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, r: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
         from torch._inductor import config as inductor_config  # seconds to import: only where compiling
 
         # Dynamo reads ``freezing`` while it traces, i.e. during a call: torch.compile(options=...) is too early.
         with inductor_config.patch(freezing=True):
-            return self.compiled(x, t, y)
+            return self.compiled(x, t, y, r=r, guidance=guidance)

@@ -1,0 +1,274 @@
+"""MeanFlow: learn the average velocity over an interval of the flow, and generate in one step (or a few).
+
+Convention: ours, as in :mod:`.flow`: t = 0 is noise, t = 1 is data, z_t = (1 - t) eps + t x, and the flow
+dz/ds = v(z_s, s) runs forward in time from noise to data, v(z, t) = E[x - eps | z_t = z].
+
+**The average velocity.** Follow the flow from z_t at time t to z_r at a later time r (the interval's other
+end, nearer the data). The average velocity over the interval is
+
+    u(z_t, t, r) = (z_r - z_t) / (r - t) = 1 / (r - t) * integral from t to r of v(z_s, s) ds,
+
+with u(z, t, t) = v(z, t). A step with it is exact, z_r = z_t + (r - t) u(z_t, t, r), whatever its length:
+one step from noise to data is z_1 = z_0 + u(z_0, 0, 1). The model is the DiT with ``interval_input``,
+``model(z, t, y, r=r)`` (r = None means r = t: the ordinary velocity).
+
+**The identity.** Multiply the definition by (r - t) and differentiate along the flow in t, r fixed:
+
+    d/dt [(r - t) u] = d/dt integral from t to r of v ds   =>   -u + (r - t) du/dt = -v
+                                                         =>   u = v + (r - t) du/dt,
+
+where du/dt = (d_z u) v + d_t u is the derivative along the flow: the Jacobian-vector product of u(z, t, r)
+with the tangent (v, 1, 0) on (z, t, r), computed in forward mode (:func:`total_derivative`). Training regresses
+u_theta(z_t, t, r) on the stop-gradient target v + (r - t) du_theta/dt. Only the velocity is unknown, and
+the target is linear in it, so the sample velocity x - eps (whose mean given z_t is v) gives the right
+minimizer. At r = t the target is v and the loss is the flow-matching loss.
+
+**The paper's convention** (Geng et al. 2025, arXiv 2505.13447) has time tau = 1 - t (tau = 0 data) and
+writes u(z_tau, r', tau) with r' = 1 - r < tau. Its velocity eps - x is -v, its u is -u, tau - r' = r - t
+and d/dtau = -d/dt, so its identity u = v - (tau - r') du/dtau and its step z_r' = z_tau - (tau - r') u are
+ours term by term: in both, t names the end where z is and r the other end.
+
+**Two forms** (``MeanFlowConfig.form``):
+
+- ``"mean_flow"`` (MeanFlow): the JVP's tangent is the target velocity (x - eps, or a teacher's).
+- ``"improved"`` (Improved MeanFlow, Geng et al., Dec 2025): the tangent is the model's own instantaneous
+  velocity u_theta(z_t, t, t) (no gradient). The loss reads as a loss on the instantaneous velocity,
+  ||V_theta - v||^2 with V_theta = u_theta - (r - t) sg(du_theta/dt), re-parameterized through u: its
+  prediction depends on z_t alone, not on the noise and data that made it, so it is a plain regression.
+  Its residual is the same expression as MeanFlow's; only the derivative's direction differs.
+
+**Guidance folded into the target.** The target velocity is v_u + w (v_c - v_u) (CFG): v_c is x - eps or
+a teacher's conditional velocity, v_u the unconditional velocity of the model itself at r = t (no
+gradient) or of the teacher; the model then draws guided samples in one forward. w is fixed
+(``guidance_scale``: MeanFlow) or drawn per sample and given to the model as an input (``guidance_range``
+with ``DiTConfig.guidance_input``: Improved MeanFlow, w chosen at sampling). Rows whose label is dropped
+train the unconditional model, with w = 1.
+
+**Distillation** (MF-RAE, Hu et al. 2025): pass a trained flow-matching ``teacher``: its velocity replaces
+x - eps, a lower-variance target than the sample velocity.
+
+Forward-mode AD: the fused attention kernel has no forward derivative (torch 2.13's CPU flash kernel), so
+the JVP runs with scaled-dot-product attention's math backend, softmax(q k^T / sqrt(d)) v written out in
+PyTorch ops (:func:`total_derivative`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn as nn
+from torch.autograd import forward_ad
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm.auto import tqdm
+
+from ..errors import SVGError
+from .flow import FlowMatchingConfig, interpolate, randn, sample_training_time
+from .guidance import combine_guidance
+from .solvers import _check_grid, _time_batch
+
+# u(x, t, r): the average velocity from time t (where x is) to time r, both [B] float32.
+AverageVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class MeanFlowConfig:
+    """The MeanFlow objective's options; times and label drops are drawn by a :class:`.FlowMatchingConfig`.
+
+    Defaults are the MeanFlow paper's best on ImageNet (25% of samples with r != t, adaptive weight with
+    p = 1 and c = 1e-3); it drew both times logit-normal with mean -0.4 and std 1 on the noise level and
+    no shift, i.e. ``FlowMatchingConfig(time_sampling="logit_normal", logit_normal_mean=-0.4, shift=1.0)``.
+    """
+
+    form: Literal["mean_flow", "improved"] = "mean_flow"
+    interval_fraction: float = 0.25  # share of samples with r != t; the others train the plain velocity
+    # Per-sample weight 1 / (e + c)^p (no gradient) on the mean squared error e: p = 0 is plain MSE, p = 1
+    # makes every sample's loss ~ e / e, a robust loss. c is per element of the latent.
+    adaptive_weight_power: float = 1.0
+    adaptive_weight_eps: float = 1e-3
+    guidance_scale: float = 1.0  # w folded into the target, fixed in training (1: no guidance)
+    # Drawn w, uniform in [lo, hi], given to the model as an input (Improved MeanFlow); None: fixed w above.
+    guidance_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.interval_fraction <= 1.0:
+            raise ValueError(f"interval_fraction must be in [0, 1], got {self.interval_fraction}")
+        if self.adaptive_weight_power < 0:
+            raise ValueError(f"adaptive_weight_power must be >= 0, got {self.adaptive_weight_power}")
+        if self.adaptive_weight_eps <= 0:
+            raise ValueError(f"adaptive_weight_eps must be positive, got {self.adaptive_weight_eps}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.guidance_range is not None:
+            lo, hi = self.guidance_range
+            if not 0.0 <= lo <= hi:
+                raise ValueError(f"guidance_range must satisfy 0 <= lo <= hi, got {self.guidance_range}")
+            if self.guidance_scale != 1.0:
+                raise ValueError("guidance_scale (fixed w) and guidance_range (w as an input) exclude each other")
+
+
+@dataclass
+class MeanFlowInputs:
+    """The randomness of one MeanFlow training batch."""
+
+    noise: torch.Tensor  # [B, C, H, W]
+    t: torch.Tensor  # [B] float32: where z is
+    r: torch.Tensor  # [B] float32, r >= t: the interval's other end (r = t on the plain-velocity samples)
+    drop: torch.Tensor  # [B] bool; True = use the null class
+    guidance: torch.Tensor  # [B] float32: the guidance scale w of each sample (1 where the label is dropped)
+
+    def rows(self, start: int, stop: int) -> MeanFlowInputs:
+        """Rows [start, stop): a rank's slice of inputs drawn for the global batch."""
+        return MeanFlowInputs(self.noise[start:stop], self.t[start:stop], self.r[start:stop], self.drop[start:stop],
+                              self.guidance[start:stop])
+
+
+def draw_mean_flow_inputs(shape: tuple[int, ...], flow: FlowMatchingConfig, config: MeanFlowConfig,
+                          generator: torch.Generator | None,
+                          device: torch.device | str | None = None) -> MeanFlowInputs:
+    """Draw noise, (t, r), label drops and guidance scales for latents of ``shape``, in this fixed order.
+
+    Both ends are drawn as :func:`.flow.sample_training_time` draws t (uniform or logit-normal, then the
+    shift); the noisier one is t, the other r, and a coin keeps r != t on ``interval_fraction`` of the rows,
+    as the MeanFlow paper does. Draw for the GLOBAL batch and take the rank's :meth:`~MeanFlowInputs.rows`.
+    A ``shift: auto`` in ``flow`` must be resolved for the latent first (``FlowMatchingConfig.resolved``).
+    """
+    batch = shape[0]
+    draw_device = generator.device if generator is not None else device
+    noise = randn(tuple(shape), generator, device)
+    first = sample_training_time(batch, flow, generator, device)
+    second = sample_training_time(batch, flow, generator, device)
+    t, r = torch.minimum(first, second), torch.maximum(first, second)
+    interval = (torch.rand(batch, generator=generator, device=draw_device) < config.interval_fraction).to(device)
+    drop = (torch.rand(batch, generator=generator, device=draw_device) < flow.class_dropout_prob).to(device)
+    if config.guidance_range is None:
+        guidance = torch.full((batch,), config.guidance_scale, device=device)
+    else:
+        lo, hi = config.guidance_range
+        guidance = (lo + (hi - lo) * torch.rand(batch, generator=generator, device=draw_device)).to(device)
+    return MeanFlowInputs(noise, t, torch.where(interval, r, t), drop, torch.where(drop, 1.0, guidance))
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] values shaped to broadcast over ``like`` [B, ...]."""
+    return values.view(-1, *([1] * (like.ndim - 1)))
+
+
+def total_derivative(average_velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
+                     t: torch.Tensor, tangent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u = average_velocity(z, t) and its derivative along the flow, du/dt = (d_z u) tangent + d_t u.
+
+    One forward-mode pass (r is held fixed by the caller's closure: its tangent is 0). ``u`` keeps its graph
+    to the parameters; the derivative is for a target and is detached by the caller. Dual tensors
+    (``torch.autograd.forward_ad``) rather than ``torch.func.jvp``: both compute the same JVP, but
+    DistributedDataParallel's forward cannot run on functorch's wrapped tensors. Attention runs on the math
+    backend of ``scaled_dot_product_attention``: its fused CPU kernel has no forward-mode derivative (torch 2.13).
+    """
+    with sdpa_kernel(SDPBackend.MATH), forward_ad.dual_level():
+        dual = average_velocity(forward_ad.make_dual(z, tangent), forward_ad.make_dual(t, torch.ones_like(t)))
+        u, du_dt = forward_ad.unpack_dual(dual)
+    return u, du_dt
+
+
+def mean_flow_target(velocity: torch.Tensor, du_dt: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """The MeanFlow identity's right-hand side v + (r - t) du/dt, without gradient, in float32 at least
+    (bf16 model outputs are promoted; float64 stays)."""
+    dtype = torch.promote_types(velocity.dtype, torch.float32)
+    interval = _per_sample(r - t, velocity).to(dtype)
+    return (velocity.to(dtype) + interval * du_dt.to(dtype)).detach()
+
+
+@dataclass
+class MeanFlowLoss:
+    """The objective to minimize and, for logging, the unweighted mean squared error."""
+
+    loss: torch.Tensor  # scalar: mean over samples of the adaptively weighted per-sample error
+    mse: torch.Tensor  # scalar, detached: the mean squared error over every element (the flow-matching loss at r = t)
+
+
+def _target_velocity(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, inputs: MeanFlowInputs,
+                     config: MeanFlowConfig, z: torch.Tensor, y: torch.Tensor,
+                     model_guidance: torch.Tensor | None) -> torch.Tensor:
+    """The (guided) velocity the identity is built on: v_u + w (v_c - v_u), or v_c without guidance."""
+    all_dropped = torch.ones_like(inputs.drop)
+    with torch.no_grad():
+        if teacher is None:
+            conditional = x - inputs.noise
+        else:
+            conditional = teacher(z, inputs.t, y, drop=inputs.drop)
+        # Decided by the config, not by the drawn scales: every rank then runs the same forwards.
+        if config.guidance_scale == 1.0 and config.guidance_range is None:
+            return conditional
+        if teacher is None:  # the model's own unconditional velocity: r = t, unguided
+            unguided = None if model_guidance is None else torch.ones_like(model_guidance)
+            unconditional = model(z, inputs.t, y, drop=all_dropped, r=inputs.t, guidance=unguided)
+        else:
+            unconditional = teacher(z, inputs.t, y, drop=all_dropped)
+    scale = _per_sample(inputs.guidance, conditional).to(conditional.dtype)
+    return combine_guidance(conditional, unconditional.to(conditional.dtype), scale, optimized_scale=False)
+
+
+def mean_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs: MeanFlowInputs,
+                   config: MeanFlowConfig, teacher: nn.Module | None = None) -> MeanFlowLoss:
+    """The MeanFlow loss of ``model(z, t, y, drop=, r=, guidance=)`` (the average velocity) on latents x.
+
+    ``inputs`` come from :func:`draw_mean_flow_inputs`, so the caller controls all randomness. ``teacher``
+    (a flow-matching ``teacher(z, t, y, drop=)``, frozen) distils its velocity instead of x - eps. The
+    model gets the drawn guidance scales as an input only with ``config.guidance_range``.
+    """
+    z = interpolate(x, inputs.noise, inputs.t)
+    model_guidance = inputs.guidance if config.guidance_range is not None else None
+    velocity = _target_velocity(model, teacher, x, inputs, config, z, y, model_guidance)
+    if config.form == "improved":
+        with torch.no_grad():
+            tangent = model(z, inputs.t, y, drop=inputs.drop, r=inputs.t, guidance=model_guidance)
+    else:
+        tangent = velocity
+
+    def average_velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(z, t, y, drop=inputs.drop, r=inputs.r, guidance=model_guidance)
+
+    u, du_dt = total_derivative(average_velocity, z, inputs.t, tangent.to(z.dtype))
+    target = mean_flow_target(velocity, du_dt, inputs.t, inputs.r)
+    error = (u.to(target.dtype) - target).square().flatten(1).mean(1)  # [B]
+    weight = (error.detach() + config.adaptive_weight_eps).pow(-config.adaptive_weight_power)
+    return MeanFlowLoss(loss=(weight * error).mean(), mse=error.mean().detach())
+
+
+@torch.no_grad()
+def mean_flow_sample(average_velocity: AverageVelocityFn, noise: torch.Tensor, times: torch.Tensor,
+                     progress: bool = False) -> torch.Tensor:
+    """N steps of the average velocity on a grid t_0 = 0 < ... < t_N = 1 (any N >= 1, e.g. ``time_grid(1)``):
+
+        x <- x + (t_{i+1} - t_i) * u(x, t_i, t_{i+1}).
+
+    Each step is exact for the true average velocity, so unlike an ODE solver the grid changes only which
+    of the model's intervals are used, not a discretization error. Build ``average_velocity`` from a model
+    with :func:`guided_average_velocity`.
+    """
+    grid = _check_grid(times)
+    steps = (times[1:] - times[:-1]).tolist()  # float32 differences, as the ODE samplers take them
+    x = noise
+    for i in tqdm(range(len(steps)), desc="mean flow", disable=not progress, leave=False):
+        x = x + steps[i] * average_velocity(x, _time_batch(x, grid[i]), _time_batch(x, grid[i + 1]))
+    return x
+
+
+def guided_average_velocity(model: nn.Module, labels: torch.Tensor, guidance_scale: float = 1.0) -> AverageVelocityFn:
+    """The ``average_velocity(x, t, r)`` of a MeanFlow DiT for ``labels`` [B]: one forward per step.
+
+    A model with ``guidance_input`` applies ``guidance_scale`` itself. Any other model samples with the
+    guidance it was trained with (folded into its target, or none), so ``guidance_scale`` must be 1.
+    The result has x's dtype.
+    """
+    takes_guidance = model.config.guidance_input
+    if guidance_scale != 1.0 and not takes_guidance:
+        raise SVGError(f"guidance scale {guidance_scale}: this model has no guidance input (DiTConfig.guidance_input);"
+                       " its guidance was fixed in training, sample it with scale 1")
+
+    def average_velocity(x: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        guidance = torch.full_like(t, guidance_scale) if takes_guidance else None
+        return model(x, t, labels, r=r, guidance=guidance).to(x.dtype)
+
+    return average_velocity

@@ -1,0 +1,389 @@
+"""MeanFlow: the identity and its signs on an exact flow, the JVP, the loss, the warm start, the sampler."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from svg_diffusion.config import ConfigError, from_dict
+from svg_diffusion.diffusion import DiT, DiTConfig, FlowMatchingConfig, combine_guidance, flow_matching_loss, time_grid
+from svg_diffusion.diffusion.mean_flow import (
+    MeanFlowConfig,
+    MeanFlowInputs,
+    draw_mean_flow_inputs,
+    guided_average_velocity,
+    mean_flow_loss,
+    mean_flow_sample,
+    mean_flow_target,
+    total_derivative,
+)
+from svg_diffusion.diffusion.transformer import warm_start_mean_flow
+from svg_diffusion.errors import SVGError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(in_channels=4, input_size=4, hidden_size=32, depth=2, num_heads=4, num_classes=3)
+NEW_EMBEDDERS = ("interval_embedder.", "guidance_embedder.")
+SWITCHES = [{}, {"rope": True, "norm": "rmsnorm", "mlp": "swiglu", "patch_size": 2}]  # the DiT's block variants
+
+
+def random_dit(seed: int = 0, **overrides) -> DiT:
+    """A tiny DiT with every parameter random (adaLN-Zero would make the output identically zero)."""
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig(**{**TINY, **overrides}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def dit_batch(batch: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, 4, 4, generator=g)
+    return x, torch.randint(0, 3, (batch,), generator=g), g
+
+
+# Data x ~ N(MU, COV) in 2-D, noise N(0, I). z_t is Gaussian with covariance (1 - t)^2 I + t^2 COV, and the
+# flow is affine: in the eigenbasis of COV each coordinate of z_t - t MU scales with the std
+# s_t = sqrt((1 - t)^2 + t^2 lambda). So z_r = r MU + (s_r / s_t) (z_t - t MU) there, which gives the exact
+# average velocity (z_r - z_t) / (r - t), and the velocity is MU + (d log s_t / dt) (z_t - t MU).
+MU = torch.tensor([1.0, -0.5], dtype=torch.float64)
+COV = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+EIGENVALUES, EIGENVECTORS = torch.linalg.eigh(COV)
+
+
+def _std(t: torch.Tensor) -> torch.Tensor:
+    t = t.view(-1, 1)
+    return ((1 - t) ** 2 + t ** 2 * EIGENVALUES).sqrt()
+
+
+def exact_average_velocity(z: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    coords = (z - t.view(-1, 1) * MU) @ EIGENVECTORS
+    z_r = r.view(-1, 1) * MU + (coords * _std(r) / _std(t)) @ EIGENVECTORS.T
+    return (z_r - z) / (r - t).view(-1, 1)
+
+
+def exact_velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    t = t.view(-1, 1)
+    log_std_rate = (t * EIGENVALUES - (1 - t)) / _std(t) ** 2
+    return MU + ((z - t * MU) @ EIGENVECTORS * log_std_rate) @ EIGENVECTORS.T
+
+
+def test_identity_and_its_signs_on_the_exact_gaussian_flow():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    t = 0.9 * torch.rand(64, generator=g, dtype=torch.float64)
+    r = t + (1 - t) * (0.05 + 0.95 * torch.rand(64, generator=g, dtype=torch.float64))
+    # u = v + (r - t) du/dt, du/dt along the flow (tangent: the exact velocity), holds for the exact u.
+    velocity = exact_velocity(z, t)
+    u, du_dt = total_derivative(lambda z, t: exact_average_velocity(z, t, r), z, t, velocity)
+    target = mean_flow_target(velocity, du_dt, t, r)
+    torch.testing.assert_close(target, u, rtol=1e-10, atol=1e-10)
+    # The other sign (u = v - (r - t) du/dt) is far off: the test can tell the two apart.
+    assert (velocity - (r - t)[:, None] * du_dt - u).abs().max() > 1
+    # u(z, t, r) tends to v(z, t) as r -> t.
+    torch.testing.assert_close(exact_average_velocity(z, t, t + 1e-7), velocity, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_steps, shift", [(1, 1.0), (3, 1.0), (5, 3.0)])
+def test_sampler_is_exact_with_the_exact_average_velocity(num_steps, shift):
+    noise = torch.randn(7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    times = time_grid(num_steps, shift)
+    sample = mean_flow_sample(lambda x, t, r: exact_average_velocity(x, t.double(), r.double()), noise, times)
+    sqrt_cov = EIGENVECTORS @ torch.diag(EIGENVALUES.sqrt()) @ EIGENVECTORS.T
+    torch.testing.assert_close(sample, MU + noise @ sqrt_cov, rtol=0, atol=1e-6)
+
+
+class AverageVelocityMLP(nn.Module):
+    """u(z, t, r) of 2-D points: an MLP on (z, t, r - t), the DiT's inputs in small."""
+
+    def __init__(self, width: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
+
+    def forward(self, z, t, y, drop=None, r=None, guidance=None):
+        r = t if r is None else r
+        return self.net(torch.cat([z, t[:, None], (r - t)[:, None]], dim=1))
+
+
+@pytest.mark.parametrize("form", ["mean_flow", "improved"])
+def test_trained_one_step_sampler_matches_gaussian_data(form):
+    torch.manual_seed(0)
+    model, batch, steps = AverageVelocityMLP(), 256, 2000
+    average = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    flow = FlowMatchingConfig(time_sampling="logit_normal", logit_normal_mean=-0.4, shift=1.0, class_dropout_prob=0.0)
+    config = MeanFlowConfig(form=form)
+    g = torch.Generator().manual_seed(0)
+    sqrt_cov = torch.linalg.cholesky(COV).float()
+    labels = torch.zeros(batch, dtype=torch.long)
+    for _ in range(steps):
+        x = MU.float() + torch.randn(batch, 2, generator=g) @ sqrt_cov.T
+        loss = mean_flow_loss(model, x, labels, draw_mean_flow_inputs((batch, 2), flow, config, g), config).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            for kept, current in zip(average.parameters(), model.parameters()):
+                kept.lerp_(current, 0.01)
+    noise = torch.randn(20000, 2, generator=torch.Generator().manual_seed(1))
+    sample = mean_flow_sample(lambda x, t, r: average(x, t, None, r=r), noise, time_grid(1))
+    # Sampling error of 20000 draws: ~0.01 on the mean, ~0.01-0.02 on the covariance. Measured at these seeds:
+    # mean off by 0.012 (mean_flow) and 0.038 (improved), covariance by 0.056 and 0.074. For scale: one Euler
+    # step of the exact velocity puts every sample on MU (covariance 0).
+    torch.testing.assert_close(sample.mean(0), MU.float(), rtol=0, atol=0.08)
+    torch.testing.assert_close(torch.cov(sample.T), COV.float(), rtol=0, atol=0.12)
+
+
+def test_config_validation():
+    assert MeanFlowConfig() == from_dict(MeanFlowConfig, {})
+    from_dict(MeanFlowConfig, {"form": "improved", "guidance_range": [1.0, 4.0]})
+    bad = [
+        ({"form": "shortcut"}, "expected one of"),
+        ({"interval_fraction": 1.5}, "interval_fraction"),
+        ({"adaptive_weight_power": -1}, "adaptive_weight_power"),
+        ({"adaptive_weight_eps": 0}, "adaptive_weight_eps"),
+        ({"guidance_scale": -1}, "guidance_scale"),
+        ({"guidance_range": [3.0, 1.0]}, "guidance_range"),
+        ({"guidance_range": [1.0, 3.0], "guidance_scale": 2.0}, "exclude each other"),
+    ]
+    for values, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(MeanFlowConfig, values)
+
+
+def test_draw_mean_flow_inputs():
+    flow = FlowMatchingConfig(time_sampling="logit_normal", shift=2.0)
+    config = MeanFlowConfig(interval_fraction=0.25, guidance_range=(1.0, 3.0))
+    inputs = draw_mean_flow_inputs((4000, 2, 3, 3), flow, config, torch.Generator().manual_seed(0))
+    again = draw_mean_flow_inputs((4000, 2, 3, 3), flow, config, torch.Generator().manual_seed(0))
+    for name in ("noise", "t", "r", "drop", "guidance"):
+        assert torch.equal(getattr(inputs, name), getattr(again, name))
+    assert inputs.t.dtype == inputs.r.dtype == inputs.guidance.dtype == torch.float32
+    assert (inputs.r >= inputs.t).all() and inputs.t.min() >= 0 and inputs.r.max() <= 1
+    assert abs((inputs.r > inputs.t).float().mean().item() - 0.25) < 0.03
+    assert abs(inputs.drop.float().mean().item() - 0.1) < 0.02
+    assert (inputs.guidance[inputs.drop] == 1).all()
+    kept = inputs.guidance[~inputs.drop]
+    assert kept.min() >= 1 and kept.max() <= 3 and kept.std() > 0.5
+    rows = inputs.rows(10, 20)
+    assert isinstance(rows, MeanFlowInputs) and torch.equal(rows.r, inputs.r[10:20])
+    # A fixed scale is every row's scale but the dropped ones'.
+    fixed = draw_mean_flow_inputs((500, 2), flow, MeanFlowConfig(guidance_scale=2.5), torch.Generator().manual_seed(0))
+    assert torch.equal(fixed.guidance, torch.where(fixed.drop, 1.0, 2.5))
+
+
+def test_plain_dit_is_unchanged_and_refuses_the_new_inputs():
+    plain = random_dit()
+    assert not any(name.startswith(NEW_EMBEDDERS) for name in plain.state_dict())
+    both = DiT(DiTConfig(**TINY, interval_input=True, guidance_input=True))
+    added = set(both.state_dict()) - set(plain.state_dict())
+    assert set(both.state_dict()) >= set(plain.state_dict())
+    assert added == {f"{e}mlp.{i}.{p}" for e in NEW_EMBEDDERS for i in (0, 2) for p in ("weight", "bias")}
+    x, y, _ = dit_batch()
+    t = torch.rand(len(x))
+    with pytest.raises(SVGError, match="no interval input"):
+        plain(x, t, y, r=t)
+    with pytest.raises(SVGError, match="no guidance input"):
+        plain(x, t, y, guidance=torch.ones_like(t))
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_explicit_attention_path_equals_the_fast_path(switches):
+    model = random_dit(**switches, interval_input=True)
+    x, y, g = dit_batch()
+    t, r = torch.rand(len(x), generator=g), torch.rand(len(x), generator=g)
+    fast = model(x, t, y, r=r)
+    with sdpa_kernel(SDPBackend.MATH):
+        explicit = model(x, t, y, r=r)
+    torch.testing.assert_close(explicit, fast, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_jvp_equals_finite_difference_along_the_tangent(switches):
+    model = random_dit(**switches, interval_input=True, guidance_input=True).double()
+    x, y, g = dit_batch()
+    z = x.double()
+    t = 0.2 + 0.5 * torch.rand(len(x), generator=g, dtype=torch.float64)
+    r = t + 0.2
+    guidance = torch.full_like(t, 2.0)
+    tangent = torch.randn(z.shape, generator=g, dtype=torch.float64)
+
+    def average_velocity(z, t):
+        return model(z, t, y, r=r, guidance=guidance)
+
+    u, du_dt = total_derivative(average_velocity, z, t, tangent)
+    torch.testing.assert_close(u, average_velocity(z, t))
+    # Central difference: error ~delta^2, plus ~1e-7 / delta because timestep embeddings round t to float32.
+    delta = 1e-3
+    ahead, behind = average_velocity(z + delta * tangent, t + delta), average_velocity(z - delta * tangent, t - delta)
+    finite = (ahead - behind) / (2 * delta)
+    assert du_dt.abs().max() > 0.1
+    torch.testing.assert_close(du_dt, finite, rtol=1e-3, atol=1e-3)
+
+
+def test_loss_at_r_equal_t_is_the_flow_matching_loss():
+    model = random_dit(interval_input=True)
+    x, y, _ = dit_batch()
+    inputs = draw_mean_flow_inputs(x.shape, FlowMatchingConfig(class_dropout_prob=0.5),
+                                   MeanFlowConfig(interval_fraction=0.0), torch.Generator().manual_seed(0))
+    assert torch.equal(inputs.r, inputs.t) and inputs.drop.any()
+    flow_loss = flow_matching_loss(model, x, y, inputs.noise, inputs.t, inputs.drop)
+    flow_grads = torch.autograd.grad(flow_loss, list(model.parameters()))
+    for form in ("mean_flow", "improved"):
+        plain = mean_flow_loss(model, x, y, inputs, MeanFlowConfig(form=form, adaptive_weight_power=0.0))
+        torch.testing.assert_close(plain.loss, flow_loss, rtol=1e-5, atol=0)
+        torch.testing.assert_close(plain.mse, flow_loss, rtol=1e-5, atol=0)
+        for mine, theirs in zip(torch.autograd.grad(plain.loss, list(model.parameters())), flow_grads):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+        weighted = mean_flow_loss(model, x, y, inputs, MeanFlowConfig(form=form))
+        torch.testing.assert_close(weighted.mse, flow_loss, rtol=1e-5, atol=0)
+        assert 0.9 < weighted.loss.item() < 1  # p = 1: every sample's error over itself plus c
+
+
+def test_improved_form_takes_the_derivative_along_the_models_own_velocity():
+    # With a teacher equal to the model at r = t, MeanFlow's tangent (the teacher's velocity) is the
+    # improved form's (the model's own velocity), and so are the targets.
+    model = random_dit(interval_input=True)
+    x, y, _ = dit_batch()
+    inputs = draw_mean_flow_inputs(x.shape, FlowMatchingConfig(), MeanFlowConfig(interval_fraction=1.0),
+                                   torch.Generator().manual_seed(0))
+    assert (inputs.r > inputs.t).all()
+
+    def own_velocity(z, t, y, drop=None):
+        return model(z, t, y, drop=drop, r=t)
+
+    config = MeanFlowConfig(adaptive_weight_power=0.0)
+    mean_flow = mean_flow_loss(model, x, y, inputs, config, teacher=own_velocity).loss
+    improved = mean_flow_loss(model, x, y, inputs, MeanFlowConfig(form="improved", adaptive_weight_power=0.0),
+                              teacher=own_velocity).loss
+    torch.testing.assert_close(improved, mean_flow, rtol=1e-5, atol=0)
+    # ... and differs from the sample-velocity tangent of plain MeanFlow.
+    assert abs(mean_flow_loss(model, x, y, inputs, config).loss.item() - mean_flow.item()) > 1e-3
+
+
+@pytest.mark.parametrize("guidance_input", [False, True])
+def test_guidance_folded_into_the_target(guidance_input):
+    model = random_dit(interval_input=True, guidance_input=guidance_input)
+    teacher = random_dit(seed=5)
+    x, y, _ = dit_batch(batch=40)
+    flow = FlowMatchingConfig(class_dropout_prob=0.3)
+    config = MeanFlowConfig(interval_fraction=0.0, adaptive_weight_power=0.0,
+                            **({"guidance_range": (1.0, 4.0)} if guidance_input else {"guidance_scale": 2.5}))
+    inputs = draw_mean_flow_inputs(x.shape, flow, config, torch.Generator().manual_seed(0))
+    assert inputs.drop.any() and not inputs.drop.all()
+    z = (1 - inputs.t.view(-1, 1, 1, 1)) * inputs.noise + inputs.t.view(-1, 1, 1, 1) * x
+    model_guidance = inputs.guidance if guidance_input else None
+    with torch.no_grad():
+        u = model(z, inputs.t, y, drop=inputs.drop, r=inputs.t, guidance=model_guidance)
+        null = torch.ones_like(inputs.drop)
+        scale = inputs.guidance.view(-1, 1, 1, 1)
+        # Self-guidance: w (x - eps) + (1 - w) u_uncond, where u_uncond is the model unguided, at r = t.
+        unguided = None if model_guidance is None else torch.ones_like(inputs.t)
+        unconditional = model(z, inputs.t, y, drop=null, r=inputs.t, guidance=unguided)
+        own = combine_guidance(x - inputs.noise, unconditional, scale, optimized_scale=False)
+        # Distillation (MF-RAE): the teacher's guided velocity v_u + w (v_c - v_u).
+        distilled = combine_guidance(teacher(z, inputs.t, y, drop=inputs.drop), teacher(z, inputs.t, y, drop=null),
+                                     scale, optimized_scale=False)
+    torch.testing.assert_close(mean_flow_loss(model, x, y, inputs, config).loss, (u - own).square().mean(),
+                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(mean_flow_loss(model, x, y, inputs, config, teacher=teacher).loss,
+                               (u - distilled).square().mean(), rtol=1e-5, atol=0)
+    # Dropped rows are the unconditional model's: unguided, x - eps.
+    dropped = inputs.drop
+    torch.testing.assert_close(own[dropped], (x - inputs.noise)[dropped])
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_loss_runs_under_bf16_autocast(switches):
+    model = random_dit(**switches, interval_input=True)
+    x, y, _ = dit_batch()
+    config = MeanFlowConfig(form="improved", interval_fraction=0.5)
+    inputs = draw_mean_flow_inputs(x.shape, FlowMatchingConfig(), config, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = mean_flow_loss(model, x, y, inputs, config)
+    reference = mean_flow_loss(model, x, y, inputs, config)
+    assert result.loss.dtype == torch.float32
+    torch.testing.assert_close(result.mse, reference.mse, rtol=0.1, atol=0)
+    result.loss.backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
+
+
+def test_warm_start_at_r_equal_t_is_the_flow_matching_model_exactly():
+    old = random_dit(seed=3)
+    old_state = {k: v.clone() for k, v in old.state_dict().items()}
+    warm = warm_start_mean_flow(old, guidance_input=True)
+    assert warm.config.interval_input and warm.config.guidance_input and not old.config.interval_input
+    assert all(torch.equal(warm.state_dict()[k], v) for k, v in old_state.items())
+    x, y, g = dit_batch()
+    t = torch.rand(len(x), generator=g)
+    expected = old(x, t, y)
+    assert torch.equal(warm(x, t, y, r=t), expected)
+    assert torch.equal(warm(x, t, y), expected)
+    assert torch.equal(warm(x, t, y, r=t, guidance=torch.full_like(t, 3.0)), expected)
+    # Fine-tuning moves the new embedders; the old model stays as it was.
+    loss = mean_flow_loss(warm, x, y, draw_mean_flow_inputs(x.shape, FlowMatchingConfig(), MeanFlowConfig(), g),
+                          MeanFlowConfig()).loss
+    loss.backward()
+    assert warm.interval_embedder.mlp[2].weight.grad.abs().sum() > 0
+    assert all(torch.equal(old.state_dict()[k], v) for k, v in old_state.items())
+    # From scratch: the same architecture, the new embedders zero at their output.
+    scratch = DiT(warm.config)
+    assert scratch.interval_embedder.mlp[2].weight.abs().sum() == 0
+
+
+def test_guided_average_velocity_and_the_steps_it_takes():
+    model = random_dit(interval_input=True, guidance_input=True)
+    x, y, g = dit_batch()
+    calls = []
+
+    def recording(x, t, r):
+        calls.append((t[0].item(), r[0].item()))
+        return guided_average_velocity(model, y, guidance_scale=2.0)(x, t, r)
+
+    times = time_grid(3, shift=2.0)
+    sample = mean_flow_sample(recording, x, times)
+    grid = times.tolist()
+    assert calls == list(zip(grid[:-1], grid[1:]))
+    expected = x
+    for t, r in zip(grid[:-1], grid[1:]):
+        t_batch, r_batch = torch.full((len(x),), t), torch.full((len(x),), r)
+        expected = expected + (times[grid.index(r)] - times[grid.index(t)]).item() * model(
+            expected, t_batch, y, r=r_batch, guidance=torch.full_like(t_batch, 2.0))
+    torch.testing.assert_close(sample, expected, rtol=0, atol=0)
+    with pytest.raises(SVGError, match="no guidance input"):
+        guided_average_velocity(random_dit(interval_input=True), y, guidance_scale=2.0)
+    with pytest.raises(SVGError, match="time grid"):
+        mean_flow_sample(recording, x, torch.tensor([0.0, 0.5]))
+
+
+def test_loss_runs_through_distributed_data_parallel(tmp_path):
+    # Forward-mode AD with dual tensors passes through DDP's forward (torch.func.jvp's wrapped tensors do not).
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = random_dit(interval_input=True)
+        wrapped = DistributedDataParallel(model)
+        x, y, _ = dit_batch()
+        for form in ("mean_flow", "improved"):
+            config = MeanFlowConfig(form=form, interval_fraction=0.5, guidance_scale=2.0)
+            inputs = draw_mean_flow_inputs(x.shape, FlowMatchingConfig(), config, torch.Generator().manual_seed(0))
+            losses, grads = [], []
+            for module in (wrapped, model):
+                model.zero_grad()
+                losses.append(mean_flow_loss(module, x, y, inputs, config).loss)
+                losses[-1].backward()
+                grads.append([p.grad.clone() for p in model.parameters()])
+            torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+            for through_ddp, direct in zip(*grads):
+                torch.testing.assert_close(through_ddp, direct, rtol=0, atol=0)
+    finally:
+        dist.destroy_process_group()
