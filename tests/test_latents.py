@@ -160,3 +160,19 @@ def test_cache_errors(autoencoder, dataset, tmp_path):
     autoencoder.eval()
     other = calibrated(tiny_autoencoder(), torch.stack([dataset[i][0] for i in range(8)]))
     assert autoencoder_fingerprint(other) != autoencoder_fingerprint(autoencoder)
+
+
+def test_fingerprint_covers_what_the_latent_depends_on(autoencoder):
+    """Weights and encoding settings change it; the decoder and the encoder's folder name do not."""
+    import copy
+    import dataclasses
+
+    reference = autoencoder_fingerprint(autoencoder)
+    moved = copy.deepcopy(autoencoder)
+    moved.config = dataclasses.replace(moved.config, encoder="/elsewhere/same_encoder")
+    with torch.no_grad():
+        moved.decoder.conv_out.weight.add_(1.0)
+    assert autoencoder_fingerprint(moved) == reference
+    with torch.no_grad():
+        moved.residual.head[0].weight.add_(1e-3)
+    assert autoencoder_fingerprint(moved) != reference

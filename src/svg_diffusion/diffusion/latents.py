@@ -192,14 +192,16 @@ CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def autoencoder_fingerprint(autoencoder: SVGAutoencoder) -> str:
     """A SHA-256 of what an autoencoder's latents depend on: its config and every tensor of its state (frozen
-    encoder included), the decoder's excepted.
+    encoder included), the decoder's excepted (and the name or folder the encoder was loaded from).
 
     A latent cache records it, and training refuses a cache made by another autoencoder; a decoder fine-tuned on
     the same latent (``train_parts: decoder``) keeps its caches valid.
     """
     config = to_dict(autoencoder.config)
     if isinstance(autoencoder, SVGAutoencoder):  # (the VAE's encoder is built from its decoder config)
-        config.pop("decoder")
+        # Where the frozen encoder was read from does not matter, its weights (hashed below) do.
+        for key in ("decoder", "encoder", "encoder_weights"):
+            config.pop(key)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, value in sorted(autoencoder.state_dict().items()):
         if name.startswith("decoder."):
