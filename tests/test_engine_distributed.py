@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine_trainers import final_state, train
-from svg_diffusion.data.sharding import shard_indices
+from svg_diffusion.training.sharding import shard_indices
 from svg_diffusion.errors import SVGError
 from svg_diffusion.training import Engine, EngineConfig, all_gather_rows, checkpoint_path, load_checkpoint, read_records
 from svg_diffusion.training.distributed import unwrap

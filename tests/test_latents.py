@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from svg_diffusion.data import FashionMNIST, StepSampler
+from svg_diffusion.data import FashionMNIST
 from svg_diffusion.diffusion.latents import (
     LatentCacheDataset, LatentMoments, LatentStatistics, autoencoder_fingerprint, cache_latents,
     compute_latent_statistics,
@@ -14,6 +14,7 @@ from svg_diffusion.diffusion.latents import (
 from svg_diffusion.errors import SVGError
 from svg_diffusion.trainers.diffusion import batch_latents, hflip_choices
 from svg_diffusion.training import step_generator
+from svg_diffusion.training.sharding import StepSampler
 
 from test_autoencoder_model import calibrated, tiny_autoencoder
 

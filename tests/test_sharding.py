@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from svg_diffusion.data.sharding import StepSampler, shard_indices
+from svg_diffusion.training.sharding import StepSampler, shard_indices
 from svg_diffusion.errors import SVGError
 
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .data.sharding import shard_indices
+from .training.sharding import shard_indices
 from .errors import SVGError
 from .pipeline import SVGPipeline
 from .training.distributed import all_gather_rows, barrier

@@ -1,8 +1,8 @@
-"""Datasets (Fashion-MNIST, image folders), their config, the batch augmentation, and who reads what.
+"""Datasets (Fashion-MNIST, image folders), their config and the batch augmentation.
 
 Items are (image float32 [3, S, S] in [-1, 1], label int); datasets are deterministic and augmentation is
-applied to batches with an explicit generator (``random_hflip``). ``StepSampler`` gives each process its
-indices at each training step; ``shard_indices`` splits a dataset for evaluation.
+applied to batches with an explicit generator (``random_hflip``). Which indices each process reads is the
+training foundation's business (``svg_diffusion.training.sharding``).
 """
 
 from .config import DataConfig, build_dataset
@@ -10,7 +10,6 @@ from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import DEFAULT_DIR as FASHION_MNIST_DIR
 from .fashion_mnist import FashionMNIST
 from .image_folder import ImageFolder
-from .sharding import StepSampler, shard_indices
 from .transforms import center_crop_resize, random_hflip, to_rgb
 
 __all__ = [
@@ -19,10 +18,8 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "FashionMNIST",
     "ImageFolder",
-    "StepSampler",
     "build_dataset",
     "center_crop_resize",
     "random_hflip",
-    "shard_indices",
     "to_rgb",
 ]

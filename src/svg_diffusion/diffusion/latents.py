@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..autoencoder import SVGAutoencoder
 from ..config import to_dict
-from ..data.sharding import shard_indices
+from ..training.sharding import shard_indices
 from ..errors import SVGError
 from ..training.distributed import all_reduce_, barrier, rank_and_world_size
 from ..utils.files import atomic_path

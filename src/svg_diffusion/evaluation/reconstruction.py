@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..autoencoder.lpips import LPIPS
 from ..autoencoder.vae import load_autoencoder
 from ..data import DataConfig, build_dataset
-from ..data.sharding import shard_indices
+from ..training.sharding import shard_indices
 from ..errors import SVGError
 from ..training.distributed import all_gather_rows
 from ..utils.files import atomic_path

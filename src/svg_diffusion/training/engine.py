@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import to_dict
-from ..data.sharding import StepSampler
 from ..errors import SVGError
 from .checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import EngineConfig
@@ -40,6 +39,7 @@ from .context import StepContext
 from .distributed import all_reduce_, barrier, broadcast_int, setup_distributed, unwrap, wrap_ddp
 from .metrics import MetricsLogger, plot_loss_curves
 from .randomness import derive_seed
+from .sharding import StepSampler
 from .trainer import Trainer
 
 CHECKPOINT_FORMAT = "svg-diffusion/engine-checkpoint/1"
