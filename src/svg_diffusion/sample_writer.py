@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .training.sharding import shard_indices
 from .errors import SVGError
 from .pipeline import SVGPipeline
-from .training.distributed import all_gather_rows, barrier
+from .training.distributed import all_gather_rows, barrier, rank_and_world_size
 from .training.randomness import derive_seed
+from .training.sharding import shard_indices
 from .utils.files import atomic_path
 from .utils.images import from_uint8, save_image_grid
 
@@ -83,12 +83,6 @@ def iter_samples(pipeline: SVGPipeline, labels: Sequence[int], indices: Sequence
     bar.close()
 
 
-def _place() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def write_samples(pipeline: SVGPipeline, labels: Sequence[int], *, grid: str | Path | None = None,
                   folder: str | Path | None = None, npz: str | Path | None = None, nrow: int = 8,
                   seed: int = 0, batch_size: int = 64, progress: bool = True, **call_options) -> Path:
@@ -107,7 +101,7 @@ def write_samples(pipeline: SVGPipeline, labels: Sequence[int], *, grid: str | P
         raise SVGError("choose exactly one output: a grid PNG, an image folder or an .npz file")
     if not labels:
         raise SVGError("nothing to sample: no labels")
-    rank, world_size = _place()
+    rank, world_size = rank_and_world_size()
     share = shard_indices(len(labels), rank, world_size)
     batches = iter_samples(pipeline, labels, share, seed, batch_size, progress and rank == 0, **call_options)
     if folder is not None:

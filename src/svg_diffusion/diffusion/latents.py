@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from ..autoencoder import SVGAutoencoder
 from ..config import to_dict
-from ..training.sharding import shard_indices
 from ..errors import SVGError
 from ..training.distributed import all_reduce_, barrier, rank_and_world_size
+from ..training.sharding import shard_indices
 from ..utils.files import atomic_path
 from ..utils.pretrained import read_json, read_state_file, write_json
 

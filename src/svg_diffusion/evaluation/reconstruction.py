@@ -29,9 +29,9 @@ from tqdm import tqdm
 from ..autoencoder.lpips import LPIPS
 from ..autoencoder.vae import load_autoencoder
 from ..data import DataConfig, build_dataset
-from ..training.sharding import shard_indices
 from ..errors import SVGError
-from ..training.distributed import all_gather_rows
+from ..training.distributed import all_gather_rows, rank_and_world_size
+from ..training.sharding import shard_indices
 from ..utils.files import atomic_path
 from ..utils.images import save_image_grid
 from .fid import FeatureStats, fid_stats, frechet_distance
@@ -93,7 +93,7 @@ def evaluate_reconstruction(
     lpips = LPIPS().to(device)
     inception = InceptionFeatures().to(device) if rfid else None
 
-    rank, world_size = _place()
+    rank, world_size = rank_and_world_size()
     share = Subset(dataset, shard_indices(len(dataset), rank, world_size))
     columns: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "lpips": [], "real": [], "fake": []}
     grid: list[torch.Tensor] = []
@@ -169,13 +169,6 @@ def eval_autoencoder(
                               progress=progress)
     return evaluate_reconstruction(autoencoder, dataset, batch_size=batch_size, device=device, rfid=rfid,
                                    reference=reference, out_dir=out_dir, progress=progress)
-
-
-def _place() -> tuple[int, int]:
-    """(rank, world_size) of this process in torch.distributed, or (0, 1) outside it."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def format_metrics_table(rows: dict[str, dict]) -> str:
