@@ -14,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+from svg_diffusion.autoencoder import load_autoencoder
 from svg_diffusion.cli import main
 from svg_diffusion.config import to_dict
 from svg_diffusion.data import DataConfig, FashionMNIST
@@ -24,7 +25,7 @@ from svg_diffusion.errors import SVGError
 from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
 from svg_diffusion.sample_writer import class_labels, sample_noise, write_samples
 from svg_diffusion.trainers.diffusion import (
-    DiffusionTrainConfig, PreviewConfig, TransformerConfig, cache_training_latents, load_autoencoder, train_diffusion,
+    DiffusionTrainConfig, PreviewConfig, TransformerConfig, cache_training_latents, train_diffusion,
 )
 from svg_diffusion.training import EngineConfig, checkpoint_path, list_checkpoints, load_checkpoint, read_records
 

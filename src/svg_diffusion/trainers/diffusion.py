@@ -30,8 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..autoencoder import Autoencoder
-from ..autoencoder import load_autoencoder as load_autoencoder_folder
+from ..autoencoder import Autoencoder, load_autoencoder
 from ..config import from_dict, save_config, to_dict
 from ..data import DataConfig, build_dataset, random_hflip
 from ..diffusion.flow import FlowMatchingConfig, draw_flow_inputs, flow_matching_loss
@@ -45,7 +44,7 @@ from ..diffusion.latents import (
 )
 from ..diffusion.transformer import DIT_SIZES, DiT, DiTConfig
 from ..errors import SVGError
-from ..pipeline import AUTOENCODER_FOLDER, INDEX_FILE, STATS_FILE, TRANSFORM_FOLDER, SamplingDefaults, SVGPipeline
+from ..pipeline import STATS_FILE, TRANSFORM_FOLDER, SamplingDefaults, SVGPipeline
 from ..sample_writer import class_labels, write_samples
 from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, derive_seed
 from ..training.distributed import barrier, rank_and_world_size, setup_distributed
@@ -162,14 +161,6 @@ class DiffusionTrainConfig:
 # ---------------------------------------------------------------------------------------------------------
 # Data: latents of a training batch, online or cached
 # ---------------------------------------------------------------------------------------------------------
-
-
-def load_autoencoder(folder: str | Path) -> Autoencoder:
-    """An autoencoder folder (SVG or the VAE baseline), or the autoencoder of a pipeline folder (eval mode, CPU)."""
-    folder = Path(folder)
-    if (folder / INDEX_FILE).is_file():
-        folder = folder / AUTOENCODER_FOLDER
-    return load_autoencoder_folder(folder)
 
 
 def dataset_info(data: DataConfig) -> dict:
