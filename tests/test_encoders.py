@@ -240,7 +240,7 @@ def test_missing_key_is_named(meta_pth):
 def test_shape_mismatch_is_named(meta_pth):
     state, path = meta_pth
     torch.save({**state, "norm.weight": torch.ones(32)}, path)
-    with pytest.raises(SVGError, match=r"shape mismatch: norm.weight \(file \(32,\), model \(64,\)\)"):
+    with pytest.raises(SVGError, match=r"shape mismatch: norm.weight \(file \(32,\), expected \(64,\)\)"):
         load_encoder("tiny", weights=path)
 
 

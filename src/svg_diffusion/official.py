@@ -53,11 +53,10 @@ from .autoencoder import AutoencoderConfig, DecoderConfig, ResidualEncoderConfig
 from .config import from_dict, load_yaml
 from .diffusion import DiT, DiTConfig
 from .diffusion.latents import LatentStatistics
-from .encoders import FrozenEncoder, VisionTransformer, get_config, load_vit
-from .encoders.formats import load_state_dict_strict as load_vit_state_strict
+from .encoders import FrozenEncoder, VisionTransformer, get_config, load_vit, load_vit_state
 from .errors import SVGError
 from .pipeline import SVGPipeline
-from .utils.pretrained import check_state_dict, load_state_dict_strict
+from .utils.pretrained import check_keys_and_shapes, check_state_dict, load_state_dict_strict
 
 # Heads of the public transformer are not stored in its checkpoint; its YAML or this table (DiT sizes) gives them.
 PUBLIC_DIT_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
@@ -121,19 +120,6 @@ def public_key(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
         if match:
             return public.format(*match.groups())
     return None
-
-
-def _check_public_keys(state: dict[str, Tensor], expected: dict[str, torch.Size], source: str, what: str) -> None:
-    """SVGError unless ``state`` has exactly the ``expected`` keys and shapes (public names), naming the misfits."""
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    mismatched = [f"{key} (file {tuple(state[key].shape)}, expected {tuple(shape)})"
-                  for key, shape in expected.items() if key in state and state[key].shape != shape]
-    problems = [f"{label}: {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''}"
-                for label, names in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatch", mismatched)) if names]
-    if problems:
-        raise SVGError(f"{source} does not fit {what}: " + "; ".join(problems))
 
 
 # ------------------------------------------------------------------------------------------- autoencoder
@@ -270,7 +256,7 @@ def _frozen_encoder(name: str, encoder_state: dict[str, Tensor], dinov3: str | P
         if not encoder_state:
             raise SVGError(f"{source} holds no encoder.* weights: pass the DINOv3 weights (--dinov3)")
         vit = VisionTransformer(get_config(name))
-        load_vit_state_strict(vit, encoder_state, f"{source} (encoder.*)")
+        load_vit_state(vit, encoder_state, f"{source} (encoder.*)")
         return FrozenEncoder(vit)
     vit = load_vit(name, weights=dinov3)
     if encoder_state:
@@ -307,7 +293,7 @@ def autoencoder_from_public(checkpoint: str | Path, config_path: str | Path,
         expected.pop("mask_token", None)  # the public model creates it only for mask_ratio > 0
     public = {k: v for k, v in state.items()
               if not k.startswith(ENCODER_PREFIX) and not k.startswith(IGNORED_AUTOENCODER_PREFIXES)}
-    _check_public_keys(public, expected, source, f"the autoencoder of {where}")
+    check_keys_and_shapes(public, expected, source, f"the autoencoder of {where}")
     for key, name in public_names.items():
         if name in public:
             ours[key] = public[name].reshape(ours[key].shape).float()

@@ -6,7 +6,7 @@
 """
 
 from .configs import ENCODER_CONFIGS, IMAGENET_MEAN, IMAGENET_STD, ViTConfig, get_config, swiglu_hidden_dim
-from .formats import load_state_dict_strict, read_weights
+from .formats import load_vit_state, read_weights
 from .frozen import FrozenEncoder, load_encoder, load_vit, save_encoder
 from .vit import VisionTransformer
 
@@ -19,8 +19,8 @@ __all__ = [
     "VisionTransformer",
     "get_config",
     "load_encoder",
-    "load_state_dict_strict",
     "load_vit",
+    "load_vit_state",
     "read_weights",
     "save_encoder",
     "swiglu_hidden_dim",

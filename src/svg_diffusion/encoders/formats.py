@@ -1,7 +1,7 @@
 """Weight files for the ViT: Meta's ``.pth``, Hugging Face transformers folders/files, and our own folder.
 
 Every reader returns a state dict in our key names (which are Meta's), so one strict loader
-(`load_state_dict_strict`) checks every format the same way and names each key that does not fit.
+(`load_vit_state`) checks every format the same way and names each key that does not fit.
 
 - Meta ``.pth``: a flat state dict (``torch.load(weights_only=True)``); keys already ours.
 - Hugging Face: ``config.json`` (+ optional ``preprocessor_config.json``) + ``model.safetensors`` of a
@@ -21,7 +21,7 @@ from torch import Tensor
 from ..config import from_dict
 from ..errors import SVGError
 from ..utils.pretrained import (
-    CONFIG_FILE, WEIGHTS_FILE, check_state_dict, read_json, read_state_file, write_pretrained,
+    CONFIG_FILE, WEIGHTS_FILE, load_state_dict_strict, read_json, read_state_file, write_pretrained,
 )
 from .configs import ViTConfig, swiglu_hidden_dim
 from .vit import VisionTransformer, rope_periods
@@ -243,15 +243,16 @@ def _fuse_qkv(parts: dict[str, list], cfg: ViTConfig) -> dict[str, Tensor] | Non
 # ----------------------------------------------------------------------------------------- strict loading
 
 
-def load_state_dict_strict(model: VisionTransformer, state: dict[str, Tensor], source: str) -> None:
-    """Load ``state`` into ``model`` exactly: every key present, none extra, every shape equal.
+def load_vit_state(model: VisionTransformer, state: dict[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` exactly (``load_state_dict_strict``: every key, no extra, equal shapes).
 
-    Otherwise raise SVGError naming the keys (and shapes). RoPE ``periods`` stored in a file must equal the
-    ones our config implies: a difference means the file was trained with another RoPE parametrization.
+    RoPE ``periods`` stored in a file must also equal the ones our config implies: a difference means the
+    file was trained with another RoPE parametrization.
     """
-    check_state_dict(model, state, source, "the encoder")
     expected = model.state_dict()
-    for key in expected:
-        if key.endswith("rope_embed.periods") and not torch.allclose(state[key].float(), expected[key], rtol=1e-4):
+    for key, periods in expected.items():
+        stored = state.get(key)
+        if (key.endswith("rope_embed.periods") and stored is not None and stored.shape == periods.shape
+                and not torch.allclose(stored.float(), periods, rtol=1e-4)):
             raise SVGError(f"{source}: {key} differs from the periods of rope_base={model.config.rope_base}")
-    model.load_state_dict(state)
+    load_state_dict_strict(model, state, source, "the encoder")

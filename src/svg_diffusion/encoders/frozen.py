@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import SVGError
 from .configs import ENCODER_CONFIGS, ViTConfig, get_config
-from .formats import load_state_dict_strict, read_folder, read_weights, write_folder
+from .formats import load_vit_state, read_folder, read_weights, write_folder
 from .vit import VisionTransformer
 
 # Architecture fields that a weights folder must share with the encoder name it is loaded for.
@@ -94,7 +94,7 @@ def load_vit(name_or_dir: str | Path, weights: str | Path | None = None) -> Visi
     if state is None:
         warnings.warn(f"encoder {origin!r} has no weights: using a random initialization", stacklevel=2)
     else:
-        load_state_dict_strict(model, state, origin)
+        load_vit_state(model, state, origin)
     return model
 
 

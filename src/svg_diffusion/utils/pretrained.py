@@ -106,13 +106,18 @@ def read_pretrained_state(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str = "the model") -> None:
     """Raise SVGError unless ``state`` has exactly ``module``'s keys with the same shapes, naming the misfits."""
-    expected = module.state_dict()
+    check_keys_and_shapes(state, {key: value.shape for key, value in module.state_dict().items()}, source, what)
+
+
+def check_keys_and_shapes(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str,
+                          what: str) -> None:
+    """Raise SVGError unless ``state`` has exactly the ``expected`` keys and shapes, naming the misfits."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        f"{k} (file {tuple(state[k].shape)}, expected {tuple(expected[k])})"
         for k in expected
-        if k in state and state[k].shape != expected[k].shape
+        if k in state and state[k].shape != expected[k]
     ]
     problems = [
         f"{label}: {_some(names)}"
