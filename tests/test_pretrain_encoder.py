@@ -19,16 +19,9 @@ from svg_diffusion.cli import main
 from svg_diffusion.config import ConfigError, from_dict, load_config, save_config
 from svg_diffusion.data import FashionMNIST
 from svg_diffusion.encoders import FrozenEncoder, load_encoder
-from svg_diffusion.trainers.encoder import (
-    VIEW_DRAWS,
-    DistillationTrainer,
-    MultiCrop,
-    MultiCropConfig,
-    PretrainEncoderConfig,
-    blob_masks,
-    cosine,
-    pretrain_encoder,
-)
+from svg_diffusion.encoders.multi_crop import VIEW_DRAWS, MultiCrop, MultiCropConfig
+from svg_diffusion.encoders.patch_masks import blob_masks
+from svg_diffusion.trainers.encoder import DistillationTrainer, PretrainEncoderConfig, cosine, pretrain_encoder
 from svg_diffusion.training import Engine, checkpoint_path, load_checkpoint, read_records
 
 REPO = Path(__file__).resolve().parents[1]

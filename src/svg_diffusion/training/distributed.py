@@ -135,6 +135,52 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows[:n] for rows, n in zip(gathered, counts)])
 
 
+def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over processes, with gradients flowing back to every process (itself outside one)."""
+    return _AllReduceSum.apply(tensor) if _active() else tensor
+
+
+def all_gather_rows_with_grad(rows: torch.Tensor) -> torch.Tensor:
+    """Every process's rows (equal counts on every rank) concatenated in rank order, with gradients flowing back
+    to the process that holds each row (``rows`` itself outside a process group)."""
+    return _AllGatherRows.apply(rows) if _active() else rows
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over processes of x; every process's loss depends on y, so dx = sum over processes of dy."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """The gradient of a process's own rows is the sum of the gradients every process sends them (one
+    all-reduce, then this rank's slice: gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, rows.contiguous())
+        ctx.rows = rows.shape[0]
+        return torch.cat(gathered)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        start = dist.get_rank() * ctx.rows
+        return total[start : start + ctx.rows]
+
+
 def wrap_ddp(module: nn.Module, place: Distributed) -> nn.Module:
     """``module`` in DistributedDataParallel when there are several processes, else ``module`` itself.
 
