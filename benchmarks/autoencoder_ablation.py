@@ -32,13 +32,13 @@ import torch
 from svg_diffusion.autoencoder import SVGAutoencoder
 from svg_diffusion.config import load_config
 from svg_diffusion.data import FashionMNIST, build_dataset
-from svg_diffusion.demo import DEMO_ENCODER_DIR
 from svg_diffusion.evaluation import fid_stats
 from svg_diffusion.evaluation.reconstruction import METRICS_FILE, evaluate_reconstruction, format_metrics_table
 from svg_diffusion.trainers.autoencoder import AutoencoderTrainConfig, train_autoencoder
 from svg_diffusion.training import derive_seed, read_records
 from svg_diffusion.utils.files import atomic_path
 from svg_diffusion.utils.images import save_image_grid
+from svg_diffusion.utils.shipped import DEMO_ENCODER_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "autoencoder.md"

@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from svg_diffusion.demo import DEMO_PIPELINE_DIR, demo_pipeline
+from svg_diffusion.demo import demo_pipeline
 from svg_diffusion.evaluation import InceptionFeatures, features_and_stats, frechet_distance, precision_recall
 from svg_diffusion.evaluation.sources import nhwc_uint8_images
 from svg_diffusion.pipeline import SVGPipeline
 from svg_diffusion.sample_writer import class_labels, iter_samples, sample_noise
 from svg_diffusion.utils.files import atomic_path
+from svg_diffusion.utils.shipped import DEMO_PIPELINE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "docs" / "demo.md", REPO / "README.md"]

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from svg_diffusion.data import FASHION_MNIST_CLASSES, FashionMNIST
-from svg_diffusion.demo import DEMO_ENCODER_DIR
 from svg_diffusion.encoders import load_encoder, save_encoder
 from svg_diffusion.evaluation.probe import PIXELS, format_probe_table, probe_encoders
 from svg_diffusion.utils import pca_rgb, save_image_grid
 from svg_diffusion.utils.files import atomic_path
+from svg_diffusion.utils.shipped import DEMO_ENCODER_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "pretraining.md"

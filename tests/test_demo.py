@@ -10,14 +10,15 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from svg_diffusion.autoencoder import SVGAutoencoder, load_autoencoder
 from svg_diffusion.cli import main
 from svg_diffusion.demo import (
-    CHECKSUMS_FILE, DEMO_ENCODER_DIR, DEMO_PIPELINE_DIR, export_demo_pipeline, read_checksums, run_demo, sha256,
-    shipped_files,
+    CHECKSUMS_FILE, export_demo_pipeline, read_checksums, run_demo, sha256, shipped_files,
 )
-from svg_diffusion.encoders import save_encoder
+from svg_diffusion.encoders import load_encoder, save_encoder
 from svg_diffusion.errors import SVGError
 from svg_diffusion.pipeline import SVGPipeline
+from svg_diffusion.utils.shipped import DEMO_ENCODER_DIR, DEMO_PIPELINE_DIR
 
 from test_pipeline import tiny_pipeline
 
@@ -27,7 +28,7 @@ GRID_PADDING = 2  # save_image_grid's default
 
 @pytest.fixture(scope="module")
 def shipped() -> SVGPipeline:
-    return SVGPipeline.from_pretrained(DEMO_PIPELINE_DIR)
+    return SVGPipeline.from_pretrained("demo-pipeline")
 
 
 def test_demo_command_writes_a_labelled_class_grid(shipped, tmp_path, capsys):
@@ -83,6 +84,19 @@ def test_shipped_files_match_their_listed_and_documented_hashes(shipped):
     shared = (DEMO_PIPELINE_DIR / "autoencoder" / json.loads(
         (DEMO_PIPELINE_DIR / "autoencoder" / "config.json").read_text())["encoder_folder"]).resolve()
     assert shared == DEMO_ENCODER_DIR.resolve()
+
+
+def test_shipped_weights_have_names_that_work_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    named, folder = load_encoder("demo-pretrained").vit.state_dict(), load_encoder(DEMO_ENCODER_DIR).vit.state_dict()
+    assert all(torch.equal(named[key], folder[key]) for key in folder)
+    with pytest.warns(UserWarning, match="no weights: using a random initialization"):
+        load_encoder("demo")  # the architecture, as the listing says
+    assert isinstance(load_autoencoder("demo-pipeline"), SVGAutoencoder)
+    assert main(["encoders"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("demo-pretrained") and "pretrained weights" in lines[0]
+    assert any(line.startswith("demo ") and "random weights" in line for line in lines)
 
 
 def test_shipped_pipeline_loads_as_documented(shipped):

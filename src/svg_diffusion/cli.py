@@ -19,7 +19,7 @@ from .errors import SVGError
 
 def add_encode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="extract frozen-encoder patch features of a dataset to a file")
-    p.add_argument("--encoder", default=None,
+    p.add_argument("--encoder", default="demo-pretrained",
                    help="encoder name (see `svg-diffusion encoders`) or folder; default: the shipped demo encoder")
     p.add_argument("--weights", default=None, help="Meta .pth, HF folder/.safetensors, or our folder")
     p.add_argument("--layer", type=int, default=None, help="take the output of this block (1-based) instead of the last")
@@ -34,11 +34,10 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
 
     def run(args: argparse.Namespace) -> None:
-        from .demo import demo_encoder
         from .encode_dataset import encode_dataset
 
         print(encode_dataset(
-            encoder=args.encoder or demo_encoder(), weights=args.weights, layer=args.layer, data=args.data, split=args.split,
+            encoder=args.encoder, weights=args.weights, layer=args.layer, data=args.data, split=args.split,
             image_size=args.image_size, limit=args.limit, batch_size=args.batch_size, out=args.out,
             picture=args.picture, labelled=not args.flat, workers=args.workers,
         ))
@@ -47,13 +46,19 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
 
 
 def add_encoders(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("encoders", help="list the named encoder architectures")
+    p = sub.add_parser("encoders", help="list the encoder names: shipped pretrained weights, then architectures")
 
     def run(args: argparse.Namespace) -> None:
-        from .encoders import ENCODER_CONFIGS
+        from .encoders import ENCODER_CONFIGS, load_vit
+        from .utils.shipped import SHIPPED_ENCODERS
 
+        def line(name, cfg, what):
+            return f"{name:28s} dim {cfg.embed_dim:5d}  depth {cfg.depth:3d}  patch {cfg.patch_size}  {what}"
+
+        for name in SHIPPED_ENCODERS:
+            print(line(name, load_vit(name).config, "pretrained weights, shipped in the package"))
         for name, cfg in ENCODER_CONFIGS.items():
-            print(f"{name:28s} dim {cfg.embed_dim:5d}  depth {cfg.depth:3d}  patch {cfg.patch_size}")
+            print(line(name, cfg, "architecture: random weights unless --weights"))
 
     p.set_defaults(handler=run)
 
@@ -64,13 +69,13 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's, 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-class", type=int, default=8, help="samples per class (one row per class)")
-    p.add_argument("--pipeline", default=None, help="another pipeline folder (default: the shipped one)")
+    p.add_argument("--pipeline", default="demo-pipeline", help="another pipeline folder (default: the shipped one)")
 
     def run(args: argparse.Namespace) -> None:
-        from .demo import DEMO_PIPELINE_DIR, run_demo
+        from .demo import run_demo
 
         print(run_demo(args.out_dir, steps=args.steps, seed=args.seed, per_class=args.per_class,
-                       pipeline=args.pipeline or DEMO_PIPELINE_DIR))
+                       pipeline=args.pipeline))
 
     p.set_defaults(handler=run)
 
@@ -299,7 +304,8 @@ def add_pretrain_encoder(sub: argparse._SubParsersAction) -> None:
 def add_probe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="linear-probe and k-NN accuracy of frozen encoder features (fixed protocol)")
     p.add_argument("--encoder", action="append", required=True,
-                   help="encoder name (random weights), folder, or 'pixels' (raw-pixel baseline); repeatable")
+                   help="encoder name (see `svg-diffusion encoders`), folder, or 'pixels' (raw-pixel baseline); "
+                        "repeatable")
     p.add_argument("--weights", default=None, help="weights for a single --encoder (as `encode`)")
     p.add_argument("--layer", type=int, default=None, help="take the output of this block (1-based)")
     p.add_argument("--data", default="fashion_mnist", help="'fashion_mnist' or a labelled image folder")
@@ -384,7 +390,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="is: weights file with the TF Inception's fc.weight [1008, 2048] (e.g. pytorch-fid's "
                         "pt_inception-2015-12-05-6726825d.pth); see docs/evaluation.md")
     p.add_argument("--splits", type=int, default=10, help="is: splits of the samples (mean and std over them)")
-    p.add_argument("--encoder", default=None, help="fd-encoder: encoder name or folder; default the shipped demo encoder")
+    p.add_argument("--encoder", default="demo-pretrained",
+                   help="fd-encoder: encoder name or folder; default the shipped demo encoder")
     p.add_argument("--weights", default=None, help="fd-encoder: weights file for a named encoder")
     p.add_argument("--layer", type=int, default=None, help="fd-encoder: take this block's output (1-based)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -408,13 +415,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
             return
         if args.fake is None:
             raise SVGError(f"{args.metrics} needs --fake (the generated images)")
-        encoder = args.encoder
-        if encoder is None and "fd-encoder" in args.metrics:
-            from .demo import demo_encoder
-
-            encoder = demo_encoder()
         result = evaluate(args.metrics, args.real, args.fake, k=args.k, inception_head=args.inception_head,
-                          splits=args.splits, encoder=encoder, weights=args.weights, layer=args.layer, **common)
+                          splits=args.splits, encoder=args.encoder, weights=args.weights, layer=args.layer, **common)
         if args.json:
             print(json.dumps(result))
         else:

@@ -3,11 +3,12 @@
     from svg_diffusion.demo import run_demo
     run_demo("outputs/demo")        # -> outputs/demo/demo_grid.png: one labelled row per class
 
-The shipped pipeline (``assets/demo_pipeline``, docs/demo.md) was trained with this project's own commands
-(``scripts/reproduce_demo.sh``): pretrain-encoder -> train-autoencoder -> cache-latents -> train. Its trained
-weights are stored as float16 (loaded as float32) and its autoencoder refers to the shipped demo encoder
-(``assets/demo_encoder``, also what ``encode`` and ``evaluate fd-encoder`` use by default) instead of holding a
-second copy. ``SHA256SUMS`` in the pipeline folder lists the hash of every file the pipeline loads.
+The shipped pipeline (``demo-pipeline``: ``assets/demo_pipeline``, docs/demo.md) was trained with this project's
+own commands (``scripts/reproduce_demo.sh``): pretrain-encoder -> train-autoencoder -> cache-latents -> train.
+Its trained weights are stored as float16 (loaded as float32) and its autoencoder refers to the shipped demo
+encoder (``demo-pretrained``: ``assets/demo_encoder``, also what ``encode`` and ``evaluate fd-encoder`` use by
+default) instead of holding a second copy. ``SHA256SUMS`` in the pipeline folder lists the hash of every file
+the pipeline loads. The names are ``svg_diffusion.utils.shipped``'s.
 """
 
 from __future__ import annotations
@@ -26,22 +27,16 @@ from .pipeline import AUTOENCODER_FOLDER, INDEX_FILE, TRANSFORMER_FOLDER, SVGPip
 from .sample_writer import class_labels, write_samples
 from .utils.files import atomic_path
 from .utils.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_json
+from .utils.shipped import DEMO_ENCODER_DIR, DEMO_PIPELINE_DIR, shipped_pipeline
 
-ASSETS_DIR = Path(__file__).parent / "assets"
-DEMO_ENCODER_DIR = ASSETS_DIR / "demo_encoder"
-DEMO_PIPELINE_DIR = ASSETS_DIR / "demo_pipeline"
 CHECKSUMS_FILE = "SHA256SUMS"
 GRID_FILE = "demo_grid.png"
 STORAGE_DTYPE = torch.float16  # halves the files; sampling from it matches float32 weights (docs/demo.md)
 
 
-def demo_encoder() -> str:
-    """The shipped demo encoder's folder, or the name of its architecture when no weights are shipped."""
-    return str(DEMO_ENCODER_DIR) if (DEMO_ENCODER_DIR / "model.safetensors").is_file() else "demo"
-
-
 def demo_pipeline(folder: str | Path = DEMO_PIPELINE_DIR) -> SVGPipeline:
-    """The shipped demo pipeline (or the pipeline folder ``folder``), on the CPU."""
+    """The shipped demo pipeline (or the pipeline folder or shipped name ``folder``), on the CPU."""
+    folder = shipped_pipeline(folder)
     if not (Path(folder) / INDEX_FILE).is_file():
         raise SVGError(f"no demo pipeline in {folder}: run scripts/reproduce_demo.sh to train and export one")
     return SVGPipeline.from_pretrained(folder)

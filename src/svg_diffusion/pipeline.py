@@ -42,6 +42,7 @@ from .diffusion.latents import LatentStatistics
 from .errors import SVGError
 from .utils.images import to_pil, to_uint8
 from .utils.pretrained import read_json, write_json
+from .utils.shipped import shipped_pipeline
 
 FORMAT = "svg-diffusion-pipeline"
 INDEX_FILE = "model_index.json"
@@ -138,7 +139,8 @@ class SVGPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> SVGPipeline:
-        folder = Path(folder)
+        """Load a folder written by :meth:`save_pretrained`, or a shipped pipeline by name (``demo-pipeline``)."""
+        folder = Path(shipped_pipeline(folder))
         index_path = folder / INDEX_FILE
         if not index_path.is_file():
             raise SVGError(f"{folder} is not an SVG pipeline folder: {INDEX_FILE} is missing")

@@ -32,6 +32,7 @@ from ..errors import SVGError
 from ..utils.pretrained import (
     CONFIG_FILE, load_state_dict_strict, read_json, read_pretrained_config, read_pretrained_state, write_pretrained,
 )
+from ..utils.shipped import shipped_pipeline
 from .decoder import AttnBlock, Decoder, DecoderConfig, ResnetBlock, group_norm
 from .model import FORMAT as SVG_FORMAT
 from .model import SVGAutoencoder
@@ -185,8 +186,10 @@ def build_autoencoder(config) -> Autoencoder:
 def load_autoencoder(folder: str | Path) -> Autoencoder:
     """An SVG autoencoder or VAE folder, whichever its ``config.json`` says (eval mode, CPU).
 
-    A pipeline folder (one with ``autoencoder/`` beside its ``model_index.json``) stands for its autoencoder.
+    A pipeline folder (one with ``autoencoder/`` beside its ``model_index.json``) or a shipped pipeline's name
+    (``demo-pipeline``) stands for its autoencoder.
     """
+    folder = shipped_pipeline(folder)
     if not (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / "autoencoder" / CONFIG_FILE).is_file():
         folder = Path(folder) / "autoencoder"
     path = Path(folder) / CONFIG_FILE

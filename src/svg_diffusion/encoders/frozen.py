@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SVGError
+from ..utils.shipped import SHIPPED_ENCODERS, shipped_encoder
 from .configs import ENCODER_CONFIGS, ViTConfig, get_config
 from .formats import load_vit_state, read_folder, read_weights, write_folder
 from .vit import VisionTransformer
@@ -73,19 +74,22 @@ class FrozenEncoder(nn.Module):
 
 
 def load_vit(name_or_dir: str | Path, weights: str | Path | None = None) -> VisionTransformer:
-    """A (trainable) VisionTransformer from a config name or a folder (ours or Hugging Face), with weights.
+    """A (trainable) VisionTransformer from a shipped encoder's name (``demo-pretrained``), a folder (ours or
+    Hugging Face) or an architecture name, with weights.
 
     ``weights``: Meta ``.pth``; a Hugging Face folder or ``.safetensors``; our folder. A folder's own config
-    must agree with the named architecture. With a name and no weights the model is randomly initialized
-    (with a warning: features of a random encoder are meaningless for SVG).
+    must agree with the named architecture. With an architecture name and no weights the model is randomly
+    initialized (with a warning: features of a random encoder are meaningless for SVG).
     """
+    name_or_dir = shipped_encoder(name_or_dir)
     source = Path(name_or_dir)
     if source.is_dir():
         (cfg, state), origin = read_folder(source), str(source)
     elif str(name_or_dir) in ENCODER_CONFIGS:
         cfg, state, origin = get_config(str(name_or_dir)), None, str(name_or_dir)
     else:
-        raise SVGError(f"unknown encoder {str(name_or_dir)!r}: not a folder, nor one of {', '.join(ENCODER_CONFIGS)}")
+        raise SVGError(f"unknown encoder {str(name_or_dir)!r}: not a folder, nor one of "
+                       f"{', '.join([*SHIPPED_ENCODERS, *ENCODER_CONFIGS])}")
     if weights is not None:
         weights_cfg, state = read_weights(weights, cfg)
         _check_same_architecture(cfg, weights_cfg, origin, weights)

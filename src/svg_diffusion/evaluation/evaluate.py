@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SVGError
+from ..utils.shipped import shipped_encoder
 from .fid import FeatureStats, features_and_stats, fid_stats, frechet_distance
 from .inception import InceptionFeatures
 from .inception_score import DEFAULT_SPLITS, inception_score, load_inception_head
@@ -47,14 +48,14 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
 
 
 def load_fd_encoder(encoder: str | None = None, weights: str | None = None, layer: int | None = None):
-    """The frozen encoder of ``fd-encoder`` (a name or folder; the CLI defaults to the shipped demo encoder); it
-    must have trained weights."""
+    """The frozen encoder of ``fd-encoder`` (a name or folder; the CLI defaults to the shipped demo encoder,
+    ``demo-pretrained``); it must have trained weights."""
     from ..encoders import load_encoder
 
     if encoder is None:
         raise SVGError("fd-encoder needs an encoder: a name (with weights) or a folder (the CLI's default is the "
-                       "shipped demo encoder, svg_diffusion.demo.demo_encoder())")
-    if weights is None and not Path(encoder).is_dir():
+                       "shipped demo encoder, demo-pretrained)")
+    if weights is None and not Path(shipped_encoder(encoder)).is_dir():
         raise SVGError(
             f"fd-encoder needs a trained encoder, but {encoder!r} names an architecture without weights: a random "
             "network gives a meaningless distance that changes from run to run (pass --weights or a folder)"
