@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The shipped demo pipeline (src/svg_diffusion/assets/demo_pipeline), from nothing, with this project's commands.
+# The shipped demo pipeline (demo-pipeline: src/svg_diffusion/assets/demo_pipeline), from nothing, with this
+# project's commands.
 #
 #   scripts/reproduce_demo.sh            # the shipped configs (configs/demo/*.yaml): ~1.5-2.5 h on 2 CPU cores;
 #                                        # overwrites the shipped encoder and pipeline (git diff shows what changed)
@@ -7,9 +8,11 @@
 #                                        # under runs/demo_quick (~20 min estimated, docs/demo.md); the shipped files are untouched
 #
 # Seeds: every training is seeded by its config's engine.seed (0 in each); the grid by `demo --seed 0`.
-# Run from the repository root after `make setup`; SVG_DIFFUSION and PYTHON override the venv's command and python.
+# Runs in the repository (from any folder) after `make setup`; SVG_DIFFUSION and PYTHON override the venv's command
+# and python (paths relative to the repository).
 # Every stage runs again on a rerun (to continue a stopped training, run its command by hand with --resume).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 SVG=${SVG_DIFFUSION:-.venv/bin/svg-diffusion}
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -18,7 +21,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 case "${1:-}" in
   "")
     configs=configs/demo
-    encoder=src/svg_diffusion/assets/demo_encoder            # pretrain_encoder.yaml's export_dir
+    encoder=src/svg_diffusion/assets/demo_encoder            # pretrain_encoder.yaml's export_dir (demo-pretrained)
     pipeline=runs/demo/diffusion/pipeline                    # diffusion.yaml's engine.out_dir/pipeline
     ;;
   --quick)

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from svg_diffusion.config import ConfigError, from_dict, load_config, save_config, to_dict
+from svg_diffusion.config import ConfigError, ConfigPath, PathOrName, from_dict, load_config, save_config, to_dict
 
 
 @dataclass
@@ -77,3 +77,37 @@ def test_overrides_apply_dotted_keys(tmp_path):
     assert cfg.inner.depth == 7 and cfg.lr == pytest.approx(2e-3) and cfg.layer is None
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(Outer, path, overrides=["inner.nope=1"])
+
+
+@dataclass
+class Place:
+    root: Optional[ConfigPath] = None
+
+
+@dataclass
+class Located:
+    out_dir: ConfigPath
+    cache: Optional[ConfigPath] = None
+    encoder: PathOrName = "tiny"
+    inner: Place = field(default_factory=Place)
+
+
+def test_paths_in_a_file_are_relative_to_its_folder_and_overrides_to_the_current_one(tmp_path, monkeypatch):
+    folder, elsewhere = tmp_path / "configs" / "demo", tmp_path / "elsewhere"
+    (folder / "my_encoder").mkdir(parents=True)
+    elsewhere.mkdir()
+    path = folder / "c.yaml"
+    path.write_text("out_dir: ../../runs/x\ncache: /abs/cache\nencoder: tiny\ninner: {root: data}\n")
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(Located, path)
+    assert cfg.out_dir == str(tmp_path / "runs" / "x") and cfg.cache == "/abs/cache"
+    assert cfg.encoder == "tiny"  # a name: no "/" and nothing of that name beside the config
+    assert cfg.inner.root == str(folder / "data")
+    cfg = load_config(Located, path, ["out_dir=out", "encoder=my_encoder", "inner={root: ../pictures}"])
+    assert cfg.out_dir == str(elsewhere / "out") and cfg.inner.root == str(tmp_path / "pictures")
+    assert cfg.encoder == "my_encoder"  # relative to the current folder, where it does not exist: a name
+    path.write_text("out_dir: .\nencoder: my_encoder\n")
+    cfg = load_config(Located, path)
+    assert cfg.out_dir == str(folder) and cfg.encoder == str(folder / "my_encoder")  # it exists beside the config
+    save_config(cfg, tmp_path / "saved.yaml")  # a saved config holds absolute paths: it loads the same anywhere
+    assert load_config(Located, tmp_path / "saved.yaml") == cfg

@@ -179,7 +179,7 @@ def test_config_errors_name_the_key(tmp_path, capsys):
 def test_shipped_configs_load():
     cfg = load_config(PretrainEncoderConfig, REPO / "configs/demo/pretrain_encoder.yaml")
     assert cfg.encoder == "demo" and cfg.engine.precision == "bf16"
-    assert cfg.export_path == Path("src/svg_diffusion/assets/demo_encoder")
+    assert cfg.export_path == REPO / "src/svg_diffusion/assets/demo_encoder"  # relative to the config's folder
     cfg = load_config(PretrainEncoderConfig, REPO / "configs/imagenet/pretrain_encoder.yaml")
     assert cfg.encoder == "dinov3_vits16plus" and cfg.crops.local_crop_size % 16 == 0
 

@@ -82,17 +82,12 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 def add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-autoencoder", help="train the SVG autoencoder (residual encoder + decoder + GAN)")
-    p.add_argument("--config", required=True, help="YAML file (see configs/demo/autoencoder.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in engine.out_dir")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set engine.max_steps=100 (repeatable)")
+    _add_config_arguments(p, "configs/demo/autoencoder.yaml", resume=True)
 
     def run(args: argparse.Namespace) -> None:
-        from .config import load_config
         from .trainers.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
-        _print_on_rank_0(train_autoencoder(load_config(AutoencoderTrainConfig, args.config, args.overrides),
-                                           resume=args.resume))
+        _print_on_rank_0(train_autoencoder(_load_config(AutoencoderTrainConfig, args), resume=args.resume))
 
     p.set_defaults(handler=run)
 
@@ -140,17 +135,27 @@ def add_convert_official(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML file (see configs/demo/diffusion.yaml)")
+def _add_config_arguments(p: argparse.ArgumentParser, example: str, resume: bool = False) -> None:
+    """--config FILE and --set KEY=VALUE (and --resume for a training), read back by :func:`_load_config`."""
+    p.add_argument("--config", required=True,
+                   help=f"YAML file (see {example}); its relative paths are relative to its own folder")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in engine.out_dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set engine.max_steps=100 (repeatable)")
+                   help="override a config value, e.g. --set engine.max_steps=100 (repeatable; a relative path "
+                        "is relative to the current folder)")
+
+
+def _load_config(cls: type, args: argparse.Namespace):
+    from .config import load_config
+
+    return load_config(cls, args.config, args.overrides)
 
 
 def _diffusion_config(args: argparse.Namespace):
-    from .config import load_config
     from .trainers.diffusion import DiffusionTrainConfig
 
-    return load_config(DiffusionTrainConfig, args.config, args.overrides)
+    return _load_config(DiffusionTrainConfig, args)
 
 
 def _print_on_rank_0(message: object) -> None:
@@ -161,8 +166,7 @@ def _print_on_rank_0(message: object) -> None:
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the latent diffusion transformer (torchrun for several processes)")
-    _add_config_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in engine.out_dir")
+    _add_config_arguments(p, "configs/demo/diffusion.yaml", resume=True)
 
     def run(args: argparse.Namespace) -> None:
         from .trainers.diffusion import train_diffusion
@@ -174,7 +178,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def add_cache_latents(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache-latents", help="encode a training config's images (and mirrors, with data.hflip) to a cache")
-    _add_config_arguments(p)
+    _add_config_arguments(p, "configs/demo/diffusion.yaml")
     p.add_argument("--out", default=None, help="cache folder (default: the config's latent_cache)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="stored precision (bfloat16: half the disk, ~0.4%% relative error per value)")
@@ -190,7 +194,7 @@ def add_cache_latents(sub: argparse._SubParsersAction) -> None:
 
 def add_latent_stats(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("latent-stats", help="per-channel mean/std of a training config's latents, to a file")
-    _add_config_arguments(p)
+    _add_config_arguments(p, "configs/demo/diffusion.yaml")
     p.add_argument("--out", required=True, help="output latent_stats.safetensors")
 
     def run(args: argparse.Namespace) -> None:
@@ -204,7 +208,7 @@ def add_latent_stats(sub: argparse._SubParsersAction) -> None:
 def add_fit_latent_transform(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-latent-transform",
                        help="fit a training config's latent transform (e.g. PCA) over its latents, to a folder")
-    _add_config_arguments(p)
+    _add_config_arguments(p, "configs/demo/diffusion.yaml")
     p.add_argument("--out", default=None, help="output folder (default: the config's latent_transform.path)")
     p.add_argument("--kind", choices=["per_channel", "pca"], default=None, help="override latent_transform.kind")
     k = p.add_mutually_exclusive_group()
@@ -281,18 +285,14 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 
 def add_pretrain_encoder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain-encoder", help="self-supervised (DINO/iBOT) pretraining of a ViT encoder")
-    p.add_argument("--config", required=True, help="YAML file (see configs/demo/pretrain_encoder.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in engine.out_dir")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set engine.max_steps=100 (repeatable)")
+    _add_config_arguments(p, "configs/demo/pretrain_encoder.yaml", resume=True)
     p.add_argument("--export", metavar="CHECKPOINT", default=None,
                    help="do not train: export the teacher of this training checkpoint to export_dir")
 
     def run(args: argparse.Namespace) -> None:
-        from .config import load_config
         from .trainers.encoder import PretrainEncoderConfig, export_checkpoint, pretrain_encoder
 
-        config = load_config(PretrainEncoderConfig, args.config, args.overrides)
+        config = _load_config(PretrainEncoderConfig, args)
         if args.export:
             print(export_checkpoint(args.export, config.export_path))
         else:

@@ -3,21 +3,32 @@
 Unknown keys, missing required keys and values of the wrong type are errors that name the offending key,
 e.g. ``model.depth: expected int, got 'six'``. Every config class in the package is a plain dataclass;
 ``load_config(cls, path)`` is the only entry point that reads files.
+
+Fields annotated ``ConfigPath`` (a file or folder) or ``PathOrName`` (also a name such as an encoder's) are
+made absolute by ``load_config``: a relative path in the file against the file's own folder, so a config
+means the same from any working directory; a relative path given by an override (``--set``) against the
+current folder, as a shell user expects. A ``PathOrName`` value is a path when it has a ``/`` or names
+something that exists beside the config; otherwise it stays a name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
 from .errors import SVGError
 
 T = TypeVar("T")
+
+_PATH, _PATH_OR_NAME = "config path", "config path or name"
+ConfigPath = Annotated[str, _PATH]
+PathOrName = Annotated[str, _PATH_OR_NAME]
 
 
 class ConfigError(SVGError):
@@ -140,28 +151,66 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from a YAML file; ``overrides`` are ``dotted.key=value`` strings parsed as YAML scalars."""
+    """Load ``cls`` from a YAML file; ``overrides`` are ``dotted.key=value`` strings parsed as YAML scalars.
+
+    Path fields come out absolute (see the module docstring).
+    """
     data = load_yaml(path)
-    for item in overrides or []:
-        apply_override(data, item)
+    overridden = [apply_override(data, item) for item in overrides or []]
     try:
-        return from_dict(cls, data)
+        config = from_dict(cls, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    resolve_paths(config, Path(path).resolve().parent, overridden)
+    return config
 
 
-def apply_override(data: dict, item: str) -> None:
-    """Set ``a.b.c=value`` in a nested dict (value parsed as YAML, so ``1e-4``, ``true`` and ``[1, 2]`` work)."""
+def apply_override(data: dict, item: str) -> str:
+    """Set ``a.b.c=value`` in a nested dict (value parsed as YAML, so ``1e-4``, ``true`` and ``[1, 2]`` work);
+    return the dotted key."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value")
     key, raw = item.split("=", 1)
-    *parents, leaf = key.strip().split(".")
+    key = key.strip()
+    *parents, leaf = key.split(".")
     node = data
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part} is not a mapping")
     node[leaf] = yaml.safe_load(raw)
+    return key
+
+
+def resolve_paths(config: Any, base: Path, overridden: list[str] = (), where: str = "") -> None:
+    """Make the ``ConfigPath`` / ``PathOrName`` fields of a dataclass tree absolute, in place: against ``base``,
+    or against the current folder for the fields under a dotted key in ``overridden``."""
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    for field in dataclasses.fields(config):
+        key, value = f"{where}{field.name}", getattr(config, field.name)
+        kind = _path_kind(hints[field.name])
+        if kind is not None and isinstance(value, str):
+            by_override = any(key == item or key.startswith(f"{item}.") for item in overridden)
+            setattr(config, field.name, _resolve(value, Path.cwd() if by_override else base, kind))
+        elif dataclasses.is_dataclass(value):
+            resolve_paths(value, base, overridden, f"{key}.")
+
+
+def _path_kind(annotation: Any) -> str | None:
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    for option in options:
+        if get_origin(option) is Annotated and option.__metadata__[0] in (_PATH, _PATH_OR_NAME):
+            return option.__metadata__[0]
+    return None
+
+
+def _resolve(value: str, base: Path, kind: str) -> str:
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if kind == _PATH_OR_NAME and "/" not in value and not (base / path).exists():
+        return value  # a name (an encoder architecture, a shipped model)
+    return os.path.abspath(base / path)
 
 
 def save_config(config: Any, path: str | Path) -> None:

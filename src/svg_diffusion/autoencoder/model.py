@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..config import ConfigPath, PathOrName
 from ..encoders import FrozenEncoder, load_encoder, save_encoder
 from ..errors import SVGError
 from ..utils.pretrained import (
@@ -41,8 +42,8 @@ ENCODER_FOLDER = "encoder"
 class AutoencoderConfig:
     """Everything that defines an SVG autoencoder. Defaults are the paper's ImageNet-256 model."""
 
-    encoder: str = "dinov3_vits16plus"  # name or folder for load_encoder (used by from_config only)
-    encoder_weights: str | None = None
+    encoder: PathOrName = "dinov3_vits16plus"  # name or folder for load_encoder (used by from_config only)
+    encoder_weights: ConfigPath | None = None
     encoder_layer: int | None = None  # 1-based block whose output is used; None: the last
     image_size: int = 256
     residual: ResidualEncoderConfig = field(default_factory=ResidualEncoderConfig)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
+from ..config import ConfigPath
 from ..errors import SVGError
 from .fashion_mnist import DEFAULT_DIR, FashionMNIST
 from .image_folder import CHECKS, ImageFolder
@@ -31,7 +32,7 @@ class DataConfig:
     """
 
     source: Literal["fashion_mnist", "image_folder"]
-    root: str | None = None
+    root: ConfigPath | None = None
     image_size: int = 32
     hflip: bool = False
     labelled: bool = True

@@ -38,6 +38,7 @@ from typing import Iterable, Literal, Union
 import torch
 from safetensors.torch import save_file
 
+from ..config import ConfigPath
 from ..errors import SVGError
 from ..training.distributed import all_reduce_
 from ..utils.files import atomic_path
@@ -64,7 +65,7 @@ class LatentTransformConfig:
     kind: Literal["per_channel", "pca"] = "per_channel"
     components: int | None = None
     explained_variance: float | None = None
-    path: str | None = None
+    path: ConfigPath | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..autoencoder.losses import AutoencoderLoss, LossConfig
 from ..autoencoder.model import AutoencoderConfig, AutoencoderOutput, SVGAutoencoder
 from ..autoencoder.vae import Autoencoder, VAEConfig, build_autoencoder, load_autoencoder
-from ..config import ConfigError, from_dict, save_config
+from ..config import ConfigError, PathOrName, from_dict, save_config
 from ..data import DataConfig, build_dataset, random_hflip
 from ..diffusion.latents import LatentMoments
 from ..errors import SVGError
@@ -81,7 +81,7 @@ class AutoencoderTrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     preview_images: int = 16
-    init_from: str | None = None  # an autoencoder folder (or a pipeline folder holding one) to start from
+    init_from: PathOrName | None = None  # an autoencoder folder (or a pipeline folder holding one) to start from
     train_parts: Literal["all", "decoder"] = "all"
     latent_noise: float = 0.0  # τ, with train_parts: decoder (see the module docstring)
     latent_noise_images: int = 1024  # training images whose latents give the per-channel std s

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..autoencoder import Autoencoder, load_autoencoder
-from ..config import from_dict, save_config, to_dict
+from ..config import ConfigPath, PathOrName, from_dict, save_config, to_dict
 from ..data import DataConfig, build_dataset, random_hflip
 from ..diffusion.flow import FlowMatchingConfig, draw_flow_inputs, flow_matching_loss
 from ..diffusion.latent_transform import (
@@ -137,10 +137,10 @@ class DiffusionTrainConfig:
     """
 
     engine: EngineConfig
-    autoencoder: str
+    autoencoder: PathOrName
     data: DataConfig
-    latent_cache: str | None = None
-    latent_stats: str | None = None
+    latent_cache: ConfigPath | None = None
+    latent_stats: ConfigPath | None = None
     latent_transform: LatentTransformConfig = field(default_factory=LatentTransformConfig)
     model: TransformerConfig = field(default_factory=TransformerConfig)
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import save_config
+from ..config import ConfigPath, save_config
 from ..data import DataConfig, build_dataset
 from ..encoders.collapse import collapse_warning, entropy
 from ..encoders.configs import ENCODER_CONFIGS, ViTConfig, get_config
@@ -83,7 +83,7 @@ class PretrainEncoderConfig:
     data: DataConfig
     encoder: str = "demo"
     attn_impl: Literal["sdpa", "math"] = "math"
-    export_dir: str | None = None
+    export_dir: ConfigPath | None = None
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
     head_prototypes: int = 4096
     head_hidden_dim: int = 512

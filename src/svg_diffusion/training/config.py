@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config import ConfigPath
+
 
 @dataclass
 class EngineConfig:
@@ -32,7 +34,7 @@ class EngineConfig:
     - ``allow_tf32``: TF32 matmuls/convolutions on CUDA for fp32 (the public SVG code's setting).
     """
 
-    out_dir: str
+    out_dir: ConfigPath
     max_steps: int
     global_batch_size: int
     grad_accum_steps: int = 1
