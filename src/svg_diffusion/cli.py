@@ -332,7 +332,7 @@ def add_diagnose(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diagnose", help="why a pipeline generates what it does: rFID floors, noise robustness, "
                                         "latent statistics of its samples, the latent's PCA spectrum",
                        description="See docs/evaluation.md (Diagnosing a pipeline) for what each line means.")
-    p.add_argument("--pipeline", required=True, help="pipeline folder (or 'demo' for the shipped one)")
+    p.add_argument("--pipeline", required=True, help="pipeline folder (or demo-pipeline for the shipped one)")
     p.add_argument("--real", required=True,
                    help="reference images: fashion_mnist:test, an image folder or an .npz (first --limit images)")
     p.add_argument("--limit", type=int, default=2000, help="real images to use (default 2000)")
@@ -349,13 +349,11 @@ def add_diagnose(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> None:
         import json
 
-        from .demo import demo_pipeline
         from .evaluation.diagnose import JSON_FILE, SPECTRUM_FILE, diagnose, format_diagnosis
         from .pipeline import SVGPipeline
         from .training.distributed import setup_distributed
 
-        device = setup_distributed(args.device).device
-        pipe = (demo_pipeline() if args.pipeline == "demo" else SVGPipeline.from_pretrained(args.pipeline)).to(device)
+        pipe = SVGPipeline.from_pretrained(args.pipeline, device=setup_distributed(args.device).device)
         results = diagnose(pipe, args.real, limit=args.limit, num_samples=args.samples, pca_components=args.components,
                            seed=args.seed, num_steps=args.steps, batch_size=args.batch_size, out_dir=args.out_dir)
         if args.json:
