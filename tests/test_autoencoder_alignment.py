@@ -1,4 +1,4 @@
-"""Distribution alignment: the public numerics (SPEC §4b) and the running/batch/none modes."""
+"""Distribution alignment: the public numerics (docs/official.md) and the running/batch/none modes."""
 
 import pytest
 import torch
@@ -16,7 +16,7 @@ def maps(seed: int, batch: int = 4, channels: int = 6, offset: float = 0.0) -> t
 
 
 def direct_alignment(features, residual):
-    """SPEC §4b written out with torch's own reductions (the public code's formula)."""
+    """The public alignment written out with torch's own reductions (the public code's formula)."""
     dims = (0, 2, 3)
     f_mean, f_std = features.mean(dims).mean(), features.std(dims).mean()
     r_mean, r_std = residual.mean(dims).mean(), residual.std(dims).mean()

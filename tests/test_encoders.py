@@ -75,7 +75,7 @@ def hf_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[DINOv3ViTModel, s
 
 
 def meta_keys(depth: int, ffn: tuple[str, ...], dinov2: bool, registers: bool) -> set[str]:
-    """The state dict keys of Meta's released checkpoints (SPEC §4), written out independently of our code."""
+    """The state dict keys of Meta's released checkpoints (their hub code), written out independently of our code."""
     keys = {"cls_token", "mask_token", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
     keys |= {"pos_embed"} if dinov2 else {"rope_embed.periods"}
     if registers:

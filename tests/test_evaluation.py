@@ -91,7 +91,7 @@ def noise(inception):
 
 def test_inception_is_the_published_pool3_trunk_without_a_classifier(inception):
     # Every parameter is a convolution kernel (4-d) or a per-channel batch-norm vector (1-d): there is no
-    # fully connected layer, hence no logits; the Inception Score needs a head file (SPEC §5; docs/evaluation.md).
+    # fully connected layer, hence no logits; the Inception Score needs a head file (docs/evaluation.md).
     shapes = {name: p.ndim for name, p in inception.net.named_parameters()}
     assert len(shapes) == 376 and set(shapes.values()) == {1, 4}
     assert sum(ndim == 4 for ndim in shapes.values()) == 94

@@ -1,4 +1,4 @@
-"""convert-official on random-initialized models saved in the public formats (SPEC §4), against independent
+"""convert-official on random-initialized models saved in the public formats (docs/official.md), against independent
 reference forwards of the public code (tests/public_reference.py): encode, decode and Euler+CFG sampling to
 fp32 tolerance, the transformer without a YAML, and every kind of bad input as one clear SVGError."""
 
@@ -200,7 +200,7 @@ def test_euler_cfg_sampling_matches_the_public_sampler(converted, public):
 
 
 def test_plain_model_without_yaml_takes_heads_from_the_table(public, tmp_path):
-    # Width 384 -> 6 heads (SPEC §4); no YAML and no statistics: the model saw raw latents.
+    # Width 384 -> 6 heads (the DiT table of docs/official.md); no YAML and no statistics: the model saw raw latents.
     state = ref.dit_state(6, in_channels=CHANNELS, grid=GRID, hidden=384, depth=1, num_heads=6, num_classes=10)
     public.write("dit_plain.pt", {"model": state})
     out = tmp_path / "plain"

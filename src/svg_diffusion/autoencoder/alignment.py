@@ -3,7 +3,7 @@
 The residual branch has a few channels (8) next to many semantic ones (384). Left alone their scale is
 arbitrary, and a diffusion model trained on the concatenation would spend its capacity on whichever part is
 larger. Alignment standardizes the residual map with its own scalar mean/std and rescales it to the encoder
-features' scalar mean/std (SPEC §1). The scalars follow the public code exactly (SPEC §4b):
+features' scalar mean/std (docs/autoencoder.md). The scalars follow the public code exactly (docs/official.md):
 
     mean = mean over channels of the per-channel means          (over batch and positions)
     std  = mean over channels of the per-channel unbiased stds  (not the global std)

@@ -131,7 +131,7 @@ class UpLevel(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The convolutional decoder of SPEC §1: latent [B, z_channels, r, r] -> image [B, out_ch, r*f, r*f]."""
+    """The paper's convolutional (LDM) decoder: latent [B, z_channels, r, r] -> image [B, out_ch, r*f, r*f]."""
 
     def __init__(self, config: DecoderConfig):
         super().__init__()

@@ -1,4 +1,4 @@
-"""The autoencoder's training objective: L1 + LPIPS + an adaptively weighted hinge PatchGAN (SPEC §1).
+"""The autoencoder's training objective: L1 + LPIPS + an adaptively weighted hinge PatchGAN (docs/autoencoder.md).
 
 Generator (residual encoder + decoder) loss, per step:
 

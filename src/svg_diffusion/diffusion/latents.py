@@ -1,8 +1,8 @@
 """Latents as diffusion training reads them: their per-channel statistics, and a cache of them on disk.
 
 SVG latents are raw encoder features (plus the aligned residual): channels differ in offset and scale, so
-the transformer is trained on ``(z - mean) / std`` per channel (SPEC §2) and its samples are mapped back
-with the inverse before decoding. The statistics are computed once over the training set
+the transformer is trained on ``(z - mean) / std`` per channel (the paper's recipe, docs/diffusion.md) and its
+samples are mapped back with the inverse before decoding. The statistics are computed once over the training set
 (:func:`compute_latent_statistics`, exact float64 moments, sharded over ranks) and stored with the model
 (``latent_stats.safetensors`` in a pipeline folder), so training and sampling use the same ones.
 

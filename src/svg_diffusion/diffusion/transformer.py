@@ -1,6 +1,6 @@
 """The latent diffusion transformer: SiT/DiT with adaLN-Zero over a grid of latent tokens.
 
-The default configuration is the public SVG model (SPEC §2, §4b): patch size 1 (one token per latent
+The default configuration is the public SVG model (docs/diffusion.md, "The model"): patch size 1 (one token per latent
 position), an input Linear named ``ln1``, a fixed 2-D sin-cos position embedding stored as the buffer
 ``pos_embed``, QK-norm (LayerNorm over the head dimension), tanh-GELU MLPs, block norms without affine
 parameters and adaLN-Zero conditioning on ``t_embedding + class_embedding``. Parameter names match the public

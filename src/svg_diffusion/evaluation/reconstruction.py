@@ -7,8 +7,8 @@ Every metric is measured on the images as a PNG would hold them: originals and r
   PSNR +inf and SSIM 1.
 - LPIPS: our LPIPS-VGG with the real weights (``autoencoder.LPIPS``), the mean over images.
 - rFID: the Fréchet distance between the Inception features of the originals and of the reconstructions
-  (``evaluation.fid``; FID Inception weights of SPEC §5). With few images it is biased upwards: compare only
-  numbers measured on the same images.
+  (``evaluation.fid``; the FID Inception weights of docs/evaluation.md). With few images it is biased upwards:
+  compare only numbers measured on the same images.
 
 Under torch.distributed every rank reconstructs its ``shard_indices`` share and the per-image results are
 gathered (``all_gather_rows``), so N processes return what one process returns.

@@ -1,6 +1,6 @@
 """Training the SVG autoencoder: ``svg-diffusion train-autoencoder --config FILE`` / ``train_autoencoder(config)``.
 
-Per step (SPEC §1), on the engine of ``svg_diffusion.training``:
+Per step (the paper's recipe, docs/autoencoder.md), on the engine of ``svg_diffusion.training``:
 
 1. generator update: the batch (flipped when ``data.hflip``) goes through the autoencoder with the residual
    maps of ``model.mask_prob`` of the samples replaced by the mask token; loss = L1 + LPIPS, plus from
