@@ -40,9 +40,10 @@ from svg_diffusion.utils.files import atomic_path
 from svg_diffusion.utils.images import save_image_grid
 from svg_diffusion.utils.shipped import DEMO_ENCODER_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "autoencoder.md"
-PICTURE = REPO / "docs" / "images" / "autoencoder_ablation.png"
+from reporting import DOCS, IMAGES, REPO, replace_block
+
+PAGE = DOCS / "autoencoder.md"
+PICTURE = IMAGES / "autoencoder_ablation.png"
 START, END = "<!-- autoencoder-ablation:start -->", "<!-- autoencoder-ablation:end -->"
 PICTURE_IMAGES = 10
 
@@ -134,15 +135,9 @@ def main() -> None:
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2) + "\n")
     if args.docs:
-        text = DOCS.read_text()
-        block = f"{START}\n{table}\n\n" + "\n".join(progress) + f"\n\n{setting}\n{END}"
-        text, count = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-        if count != 1:
-            raise SystemExit(f"{DOCS} has no {START} ... {END} block")
-        with atomic_path(DOCS) as tmp:
-            tmp.write_text(text)
+        replace_block(PAGE, START, END, f"{table}\n\n" + "\n".join(progress) + f"\n\n{setting}")
         save_image_grid(torch.cat(pictures), PICTURE, nrow=PICTURE_IMAGES, row_labels=["original", *results])
-        print(f"wrote {DOCS} and {PICTURE}")
+        print(f"wrote {PAGE} and {PICTURE}")
 
 
 if __name__ == "__main__":

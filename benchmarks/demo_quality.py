@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -37,8 +36,9 @@ from svg_diffusion.sample_writer import class_labels, iter_samples, sample_noise
 from svg_diffusion.utils.files import atomic_path
 from svg_diffusion.utils.shipped import DEMO_PIPELINE_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "docs" / "demo.md", REPO / "README.md"]
+from reporting import DOCS, REPO, replace_block
+
+PAGES = [DOCS / "demo.md", REPO / "README.md"]
 START, END = "<!-- demo-quality:start -->", "<!-- demo-quality:end -->"
 REAL = "fashion_mnist:test"
 REFERENCE = "fashion_mnist:train"
@@ -86,13 +86,8 @@ def table(rows: list[dict], reference: dict | None) -> str:
 
 
 def write_docs(block: str) -> None:
-    for path in DOCS:
-        text, count = re.subn(re.escape(START) + ".*?" + re.escape(END), f"{START}\n{block}\n{END}",
-                              path.read_text(), flags=re.S)
-        if count != 1:
-            raise SystemExit(f"{path} has no {START} ... {END} block")
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
+    for path in PAGES:
+        replace_block(path, START, END, block)
         print(f"wrote {path}")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 import warnings
 from pathlib import Path
@@ -27,12 +26,12 @@ from svg_diffusion.data import FASHION_MNIST_CLASSES, FashionMNIST
 from svg_diffusion.encoders import load_encoder, save_encoder
 from svg_diffusion.evaluation.probe import PIXELS, format_probe_table, probe_encoders
 from svg_diffusion.utils import pca_rgb, save_image_grid
-from svg_diffusion.utils.files import atomic_path
 from svg_diffusion.utils.shipped import DEMO_ENCODER_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "pretraining.md"
-PICTURE = REPO / "docs" / "images" / "demo_encoder_pca.png"
+from reporting import DOCS, IMAGES, replace_block
+
+PAGE = DOCS / "pretraining.md"
+PICTURE = IMAGES / "demo_encoder_pca.png"
 RANDOM_SEED = 0
 START, END = "<!-- probe-table:start -->", "<!-- probe-table:end -->"
 
@@ -83,15 +82,9 @@ def main() -> None:
     print(setting)
     json.loads(Path(args.out).read_text())  # written by probe_encoders
     if args.docs:
-        text = DOCS.read_text()
-        block = f"{START}\n{table}\n\n{setting}\n{END}"
-        text, count = re.subn(re.escape(START) + ".*?" + re.escape(END), block, text, flags=re.S)
-        if count != 1:
-            raise SystemExit(f"{DOCS} has no {START} ... {END} block")
-        with atomic_path(DOCS) as tmp:
-            tmp.write_text(text)
+        replace_block(PAGE, START, END, f"{table}\n\n{setting}")
         feature_picture({"pretrained": Path(args.encoder), "random init": random_folder}, PICTURE)
-        print(f"wrote {DOCS} and {PICTURE}")
+        print(f"wrote {PAGE} and {PICTURE}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ docs/results.md states: the max abs difference of the latents is under 3% of the
 within 1% and the gradient (all parameters as one vector) within 3% relative L2 error (training).
 """
 
-import importlib.util
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,20 +20,13 @@ from svg_diffusion.data import FashionMNIST
 from svg_diffusion.diffusion import DiT, DiTConfig, compile_for_sampling, time_grid
 from svg_diffusion.diffusion.latents import LatentStatistics, encode_latents
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as `python benchmarks/speed.py` has it
+import speed  # noqa: E402
+import speed_paths as paths  # noqa: E402
 
-def load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-    spec = importlib.util.spec_from_file_location("speed_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-speed = load_benchmark()
 FP32 = {"rtol": 0, "atol": 2e-5}
 LR = 1e-3
-PATHS = {path.name: path for path in speed.SAMPLING_PATHS}
+PATHS = {path.name: path for path in paths.SAMPLING_PATHS}
 
 
 def tiny_dit(in_channels: int = 8, input_size: int = 8) -> DiT:
@@ -55,8 +47,8 @@ def sampling_case():
     generator = torch.Generator().manual_seed(1)
     noise = torch.randn(3, 8, 8, 8, generator=generator)
     labels = torch.tensor([0, 4, 9])
-    times = time_grid(10, shift=speed.SAMPLING_SHIFT)
-    plain = speed.sample_latents(model, speed.PLAIN_SAMPLING, noise, labels, times)
+    times = time_grid(10, shift=paths.SAMPLING_SHIFT)
+    plain = paths.sample_latents(model, paths.PLAIN_SAMPLING, noise, labels, times)
     return model, noise, labels, times, plain
 
 
@@ -73,7 +65,7 @@ def test_command_line_sets_the_work_and_refuses_bad_values(capsys):
 
 
 def test_benchmark_builds_nonzero_adaln_models():
-    model = speed.build_dit("S", torch.device("cpu"))
+    model = paths.build_dit("S", torch.device("cpu"))
     assert all(block.adaLN_modulation[-1].weight.abs().sum() > 0 for block in model.blocks)
     assert model.final_layer.linear.weight.abs().sum() > 0
 
@@ -82,13 +74,13 @@ def test_batched_cfg_and_inference_mode_match_plain_sampling(sampling_case):
     model, noise, labels, times, plain = sampling_case
     assert plain.abs().max() > 1.0  # guided latents far from trivial
     for name in ("batched CFG", "+ inference_mode"):
-        out = speed.sample_latents(model, PATHS[name], noise, labels, times)
+        out = paths.sample_latents(model, PATHS[name], noise, labels, times)
         torch.testing.assert_close(out, plain, **FP32)
 
 
 def test_bf16_sampling_within_documented_tolerance(sampling_case):
     model, noise, labels, times, plain = sampling_case
-    out = speed.sample_latents(model, replace(PATHS["+ inference_mode"], bf16=True), noise, labels, times)
+    out = paths.sample_latents(model, replace(PATHS["+ inference_mode"], bf16=True), noise, labels, times)
     assert out.dtype == torch.float32
     error = (out - plain).abs().max()
     assert 0 < error < 0.03 * plain.std()  # bf16 does change the numbers, within the stated bound
@@ -98,13 +90,13 @@ def test_bf16_sampling_within_documented_tolerance(sampling_case):
 def test_compiled_sampling_matches_plain(sampling_case):
     model, noise, labels, times, plain = sampling_case
     compiled = compile_for_sampling(model)
-    out = speed.sample_latents(compiled, PATHS["+ compile (fp32)"], noise, labels, times)
+    out = paths.sample_latents(compiled, PATHS["+ compile (fp32)"], noise, labels, times)
     torch.testing.assert_close(out, plain, **FP32)
     # One graph for every batch size on the CPU: the unguided (B) and guided (2B) calls both hit it.
     with torch.inference_mode():
         torch.testing.assert_close(compiled(noise[:1], times[3:4], labels[:1]),
                                    model(noise[:1], times[3:4], labels[:1]), **FP32)
-    bf16 = speed.sample_latents(compile_for_sampling(model), PATHS["+ compile + bf16"], noise, labels, times)
+    bf16 = paths.sample_latents(compile_for_sampling(model), PATHS["+ compile + bf16"], noise, labels, times)
     assert (bf16 - plain).abs().max() < 0.03 * plain.std()
 
 
@@ -121,7 +113,7 @@ def training_case(fmnist_dir):
     autoencoder = calibrated(tiny_autoencoder(), images)
     latents = encode_latents(autoencoder, images)
     stats = LatentStatistics(latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3)))
-    batch = speed.TrainingBatch(images, latents, labels)
+    batch = paths.TrainingBatch(images, latents, labels)
     return autoencoder, stats, batch
 
 
@@ -134,16 +126,16 @@ def run_step(case, path):
     grads = {}
     hooks = [p.register_post_accumulate_grad_hook(lambda p, n=n: grads.__setitem__(n, p.grad.clone()))
              for n, p in model.named_parameters()]
-    loss = speed.training_step(trained, optimizer, autoencoder, stats, batch, path, torch.Generator().manual_seed(3))
+    loss = paths.training_step(trained, optimizer, autoencoder, stats, batch, path, torch.Generator().manual_seed(3))
     for hook in hooks:
         hook.remove()
     return loss, grads, {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def test_cached_latents_step_equals_online_step(training_case):
-    loss, grads, weights = run_step(training_case, speed.PLAIN_TRAINING)
+    loss, grads, weights = run_step(training_case, paths.PLAIN_TRAINING)
     assert loss > 0 and len(grads) == len(weights)
-    cached_loss, cached_grads, cached_weights = run_step(training_case, replace(speed.PLAIN_TRAINING,
+    cached_loss, cached_grads, cached_weights = run_step(training_case, replace(paths.PLAIN_TRAINING,
                                                                                 cached_latents=True))
     assert cached_loss == loss
     for name in grads:
@@ -152,8 +144,8 @@ def test_cached_latents_step_equals_online_step(training_case):
 
 
 def test_bf16_training_step_within_documented_tolerance(training_case):
-    loss, grads, _ = run_step(training_case, speed.PLAIN_TRAINING)
-    bf16_loss, bf16_grads, _ = run_step(training_case, speed.CACHED_BF16)
+    loss, grads, _ = run_step(training_case, paths.PLAIN_TRAINING)
+    bf16_loss, bf16_grads, _ = run_step(training_case, paths.CACHED_BF16)
     assert abs(bf16_loss - loss) < 0.01 * loss
     assert 0 < relative_error(bf16_grads, grads) < 0.03
 
@@ -167,7 +159,7 @@ def relative_error(grads: dict, reference: dict) -> float:
 
 @pytest.mark.slow
 def test_compiled_fused_training_step_matches_eager(training_case):
-    fp32_cached = replace(speed.PLAIN_TRAINING, cached_latents=True)
+    fp32_cached = replace(paths.PLAIN_TRAINING, cached_latents=True)
     loss, grads, weights = run_step(training_case, fp32_cached)
     fast = replace(fp32_cached, compiled=True, fused_adamw=True)
     fast_loss, fast_grads, fast_weights = run_step(training_case, fast)
@@ -179,7 +171,7 @@ def test_compiled_fused_training_step_matches_eager(training_case):
         torch.testing.assert_close(fast_weights[name], weights[name], rtol=0, atol=0.05 * LR,
                                    msg=lambda m, name=name: f"{name}: {m}")
     # The benchmark's optimized row (bf16 too) against the plain path, at the bf16 tolerance.
-    _, bf16_grads, _ = run_step(training_case, speed.TRAINING_PATHS[-1])
+    _, bf16_grads, _ = run_step(training_case, paths.TRAINING_PATHS[-1])
     assert relative_error(bf16_grads, grads) < 0.03
 
 
@@ -192,10 +184,10 @@ def test_compiled_fused_training_step_matches_eager(training_case):
 def test_flop_count_matches_the_transformer_arithmetic(size):
     """MFU's numerator: per sample and block, 24 D^2 FLOPs per token in the Linears (qkv, proj, MLP 4x) and
     4 N D in attention; plus the patch embedding and final layer; adaLN and embeddings are per sample (<1%)."""
-    config = speed.dit_config(size)
+    config = paths.dit_config(size)
     d, n, c = config.hidden_size, config.input_size**2, config.in_channels
     expected = config.depth * n * (24 * d * d + 4 * n * d) + 2 * n * c * d * 2
-    forward, training = speed.forward_flops(size)
+    forward, training = paths.forward_flops(size)
     assert expected <= forward < 1.01 * expected
     assert training == pytest.approx(3 * forward, rel=0.01)  # backward = 2x forward
 
@@ -211,8 +203,8 @@ def test_benchmark_runs_end_to_end_and_writes_its_tables(tmp_path, capsys):
     assert "old" not in text and text.endswith("\nafter\n") and text.count("speed:cpu:S:begin") == 1
     rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
                                           if line.startswith("| S |"))}
-    assert set(rows) == {p.name for p in speed.SAMPLING_PATHS + speed.TRAINING_PATHS if not p.compiled}
-    for name in (speed.PLAIN_SAMPLING.name, speed.PLAIN_TRAINING.name):
+    assert set(rows) == {p.name for p in paths.SAMPLING_PATHS + paths.TRAINING_PATHS if not p.compiled}
+    for name in (paths.PLAIN_SAMPLING.name, paths.PLAIN_TRAINING.name):
         assert rows[name][3] == "1.00" and float(rows[name][4]) == 0
     assert float(rows["batched CFG"][4]) < 1e-4 and float(rows["cached latents"][4]) == 0
     assert all(0 < float(cells[7].rstrip("%")) < 100 for cells in rows.values())  # MFU

@@ -1,0 +1,139 @@
+"""What benchmarks/speed.py times: the ladder of sampling and training paths, the DiT at the paper's latent
+shape, one guided Euler sampling run and one step of the diffusion trainer's computation.
+
+Each path is a set of switches; each ladder adds one switch per row, so every factor shows on its own.
+tests/test_speed_paths.py checks every path against the plain one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from svg_diffusion.autoencoder import SVGAutoencoder
+from svg_diffusion.diffusion import (
+    DiT,
+    DiTConfig,
+    FlowMatchingConfig,
+    GuidanceConfig,
+    draw_flow_inputs,
+    flow_matching_loss,
+    guided_velocity,
+    sample_euler,
+)
+from svg_diffusion.diffusion.latents import LatentStatistics, encode_latents
+
+LATENT_CHANNELS, LATENT_SIZE, IMAGE_SIZE = 392, 16, 256  # the paper's ImageNet-256 latents
+NUM_CLASSES = 1000
+SAMPLING_STEPS = 25
+SAMPLING_SHIFT = 1 / 0.15  # the paper's sampling shift (public s = 0.15)
+GUIDANCE = GuidanceConfig(scale=1.5)  # constant: both branches on every step
+FLOW = FlowMatchingConfig()
+
+
+@dataclass(frozen=True)
+class SamplingPath:
+    name: str
+    batched_cfg: bool = False  # one forward of 2B (conditional + unconditional) instead of two of B
+    inference_mode: bool = False  # torch.inference_mode instead of the samplers' torch.no_grad
+    compiled: bool = False  # compile_for_sampling: inductor, weights frozen, dynamic batch on the CPU
+    bf16: bool = False  # bfloat16 autocast (a looser tolerance than fp32)
+
+
+PLAIN_SAMPLING = SamplingPath("plain: 2 CFG passes, fp32, eager")
+BATCHED = replace(PLAIN_SAMPLING, name="batched CFG", batched_cfg=True)
+INFERENCE = replace(BATCHED, name="+ inference_mode", inference_mode=True)
+SAMPLING_PATHS = [
+    PLAIN_SAMPLING,
+    BATCHED,
+    INFERENCE,
+    replace(INFERENCE, name="+ compile (fp32)", compiled=True),
+    replace(INFERENCE, name="+ compile + bf16", compiled=True, bf16=True),
+]
+
+
+@dataclass(frozen=True)
+class TrainingPath:
+    name: str
+    cached_latents: bool = False  # read the cache instead of running the frozen encoder + residual ViT
+    bf16: bool = False  # bfloat16 autocast on the DiT (online encoding stays fp32, as in the trainer)
+    compiled: bool = False  # torch.compile of the DiT
+    fused_adamw: bool = False  # AdamW(fused=True)
+
+
+PLAIN_TRAINING = TrainingPath("plain: online encoding, fp32")
+CACHED_BF16 = TrainingPath("cached latents + bf16", cached_latents=True, bf16=True)
+TRAINING_PATHS = [
+    PLAIN_TRAINING,
+    TrainingPath("cached latents", cached_latents=True),
+    TrainingPath("bf16", bf16=True),
+    CACHED_BF16,
+    replace(CACHED_BF16, name="+ compile + fused AdamW", compiled=True, fused_adamw=True),
+]
+
+
+def dit_config(size: str) -> DiTConfig:
+    return DiTConfig.from_size(size, in_channels=LATENT_CHANNELS, input_size=LATENT_SIZE, num_classes=NUM_CLASSES)
+
+
+def build_dit(size: str, device: torch.device, seed: int = 0) -> DiT:
+    """A DiT with random weights everywhere: adaLN-Zero's zero layers too, so outputs are not all zero."""
+    torch.manual_seed(seed)
+    model = DiT(dit_config(size))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and not module.weight.any():
+                nn.init.normal_(module.weight, std=0.02)
+    return model.to(device)
+
+
+def forward_flops(size: str) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs of the DiT per sample, counted on the meta device."""
+    with torch.device("meta"):
+        model = DiT(dit_config(size))
+        x = torch.randn(1, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
+        t, y = torch.rand(1), torch.zeros(1, dtype=torch.long)
+    forward, training = FlopCounterMode(display=False), FlopCounterMode(display=False)
+    with forward:
+        model(x, t, y)
+    with training:
+        model(x, t, y).square().mean().backward()
+    return float(forward.get_total_flops()), float(training.get_total_flops())
+
+
+def sample_latents(model: nn.Module, path: SamplingPath, noise: torch.Tensor, labels: torch.Tensor,
+                   times: torch.Tensor) -> torch.Tensor:
+    """Euler sampling with CFG over ``times`` as ``path`` says (``model`` is already compiled if it says so)."""
+    grad_mode = torch.inference_mode() if path.inference_mode else torch.no_grad()
+    with grad_mode, torch.autocast(noise.device.type, torch.bfloat16, enabled=path.bf16):
+        velocity = guided_velocity(model, labels, GUIDANCE, len(times) - 1, batched=path.batched_cfg)
+        return sample_euler(velocity, noise, times)
+
+
+@dataclass
+class TrainingBatch:
+    images: torch.Tensor  # [B, 3, 256, 256] in [-1, 1]: what online encoding reads
+    latents: torch.Tensor  # their float32 latents: what the cache holds
+    labels: torch.Tensor
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, autoencoder: SVGAutoencoder,
+                  stats: LatentStatistics, batch: TrainingBatch, path: TrainingPath,
+                  generator: torch.Generator) -> torch.Tensor:
+    """One step of the diffusion trainer's computation (without EMA); returns the loss.
+
+    Online encoding runs in fp32 outside autocast, like the trainer (``encode_latents``): cached and online
+    latents are the same numbers.
+    """
+    latents = batch.latents if path.cached_latents else encode_latents(autoencoder, batch.images)
+    x = stats.normalize(latents)
+    draws = draw_flow_inputs(tuple(x.shape), FLOW, generator, x.device)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=path.bf16):
+        loss = flow_matching_loss(model, x, batch.labels, draws.noise, draws.t, draws.drop)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
