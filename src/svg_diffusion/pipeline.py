@@ -41,7 +41,7 @@ from .diffusion.latent_transform import LatentTransform, load_latent_transform
 from .diffusion.latents import LatentStatistics
 from .errors import SVGError
 from .utils.images import to_pil, to_uint8
-from .utils.pretrained import read_json, write_json
+from .utils.pretrained import read_format_file, write_json
 from .utils.shipped import shipped_pipeline
 
 FORMAT = "svg-diffusion-pipeline"
@@ -142,11 +142,7 @@ class SVGPipeline:
         """Load a folder written by :meth:`save_pretrained`, or a shipped pipeline by name (``demo-pipeline``)."""
         folder = Path(shipped_pipeline(folder))
         index_path = folder / INDEX_FILE
-        if not index_path.is_file():
-            raise SVGError(f"{folder} is not an SVG pipeline folder: {INDEX_FILE} is missing")
-        index = read_json(index_path)
-        if index.get("format") != FORMAT:
-            raise SVGError(f"{index_path}: expected format {FORMAT!r}, found {index.get('format')!r}")
+        index = read_format_file(index_path, FORMAT, "an SVG pipeline folder")
         sampling = from_dict(SamplingDefaults, index.get("sampling", {}), where=f"{index_path}: sampling")
         autoencoder = load_autoencoder(folder / AUTOENCODER_FOLDER)  # SVG or the VAE baseline
         transformer = transform = None

@@ -29,9 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SVGError
-from ..utils.pretrained import (
-    CONFIG_FILE, load_state_dict_strict, read_json, read_pretrained_config, read_pretrained_state, write_pretrained,
-)
+from ..utils.pretrained import CONFIG_FILE, load_pretrained, read_json, write_pretrained
 from ..utils.shipped import shipped_pipeline
 from .decoder import AttnBlock, Decoder, DecoderConfig, ResnetBlock, group_norm
 from .model import FORMAT as SVG_FORMAT
@@ -169,10 +167,7 @@ class KLAutoencoder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> KLAutoencoder:
         """Load a folder written by :meth:`save_pretrained` (on the CPU, in eval mode)."""
-        config, _ = read_pretrained_config(folder, FORMAT, VAEConfig)
-        model = cls(config)
-        load_state_dict_strict(model, read_pretrained_state(folder), str(folder), "the VAE")
-        return model.eval()
+        return load_pretrained(cls, folder, FORMAT, VAEConfig, "the VAE")
 
 
 Autoencoder = SVGAutoencoder | KLAutoencoder

@@ -42,7 +42,7 @@ from ..config import ConfigPath
 from ..errors import SVGError
 from ..training.distributed import all_reduce_
 from ..utils.files import atomic_path
-from ..utils.pretrained import read_json, read_state_file, write_json
+from ..utils.pretrained import read_format_file, read_state_file, write_json
 from .latents import LatentMoments, LatentStatistics
 
 FORMAT = "svg-diffusion-latent-transform"
@@ -183,12 +183,8 @@ def load_latent_transform(folder: str | Path) -> LatentTransform:
     """A transform folder written by :func:`save_latent_transform` (either kind)."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise SVGError(f"{folder} is not a latent transform folder: {CONFIG_FILE} is missing "
-                       "(write one with `svg-diffusion fit-latent-transform`)")
-    config = read_json(path)
-    if config.get("format") != FORMAT:
-        raise SVGError(f"{path}: expected format {FORMAT!r}, found {config.get('format')!r}")
+    config = read_format_file(path, FORMAT, "a latent transform folder",
+                              " (write one with `svg-diffusion fit-latent-transform`)")
     state = read_state_file(folder / WEIGHTS_FILE)
     expected = {"per_channel": {"mean", "std"}, "pca": {"mean", "std", "components", "scales", "eigenvalues"}}
     kind = config.get("kind")

@@ -32,7 +32,7 @@ from ..errors import SVGError
 from ..training.distributed import all_reduce_, barrier, rank_and_world_size
 from ..training.sharding import shard_indices
 from ..utils.files import atomic_path
-from ..utils.pretrained import read_json, read_state_file, write_json
+from ..utils.pretrained import read_format_file, read_state_file, write_json
 
 
 FORMAT = "svg-diffusion-latent-stats"
@@ -305,13 +305,8 @@ class LatentCacheDataset(Dataset):
     def __init__(self, folder: str | Path, index: dict | None = None):
         self.folder = Path(folder)
         if index is None:
-            path = self.folder / CACHE_INDEX
-            if not path.is_file():
-                raise SVGError(f"{self.folder} is not a complete latent cache: {CACHE_INDEX} is missing "
-                               "(run `svg-diffusion cache-latents`)")
-            index = read_json(path)
-            if index.get("format") != CACHE_FORMAT:
-                raise SVGError(f"{path}: expected format {CACHE_FORMAT!r}, found {index.get('format')!r}")
+            index = read_format_file(self.folder / CACHE_INDEX, CACHE_FORMAT, "a complete latent cache",
+                                     " (run `svg-diffusion cache-latents`)")
         self.index = index
         missing = [name for name in index["shards"] if not (self.folder / name).is_file()]
         if missing:

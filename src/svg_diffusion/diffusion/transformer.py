@@ -31,9 +31,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..errors import SVGError
-from ..utils.pretrained import (
-    load_state_dict_strict, read_pretrained_config, read_pretrained_state, stored_state, write_pretrained,
-)
+from ..utils.pretrained import load_pretrained, stored_state, write_pretrained
 
 FORMAT = "svg-diffusion-dit"
 
@@ -435,10 +433,7 @@ class DiT(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> DiT:
         """Load a folder written by :meth:`save_pretrained` (on the CPU, in eval mode)."""
-        config, _ = read_pretrained_config(folder, FORMAT, DiTConfig)
-        model = cls(config)
-        load_state_dict_strict(model, read_pretrained_state(folder), str(folder), "the transformer")
-        return model.eval()
+        return load_pretrained(cls, folder, FORMAT, DiTConfig, "the transformer")
 
 
 def warm_start_mean_flow(model: DiT, guidance_input: bool = False) -> DiT:

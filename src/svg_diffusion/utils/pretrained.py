@@ -23,6 +23,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 T = TypeVar("T")
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -88,20 +89,37 @@ def stored_state(module: torch.nn.Module, parameter_dtype: torch.dtype | None = 
     return {name: t.to(parameter_dtype) if name in parameters else t for name, t in state.items()}
 
 
-def read_pretrained_config(folder: str | Path, format_name: str, config_cls: type[T]) -> tuple[T, dict]:
-    """The typed config of a folder written by :func:`write_pretrained`, and the whole ``config.json``."""
-    path = Path(folder) / CONFIG_FILE
+def read_format_file(path: str | Path, format_name: str, what: str, hint: str = "") -> dict:
+    """The JSON object that describes a saved folder (its ``config.json``, an index), checked to be of
+    ``format_name``. A missing file means the folder is not ``what`` (``hint``: how to make one)."""
+    path = Path(path)
     if not path.is_file():
-        raise SVGError(f"{folder} is not a saved {format_name} folder: {CONFIG_FILE} is missing")
+        raise SVGError(f"{path.parent} is not {what}: {path.name} is missing{hint}")
     meta = read_json(path)
     if meta.get("format") != format_name:
         raise SVGError(f"{path}: expected format {format_name!r}, found {meta.get('format')!r}")
+    return meta
+
+
+def read_pretrained_config(folder: str | Path, format_name: str, config_cls: type[T]) -> tuple[T, dict]:
+    """The typed config of a folder written by :func:`write_pretrained`, and the whole ``config.json``."""
+    path = Path(folder) / CONFIG_FILE
+    meta = read_format_file(path, format_name, f"a saved {format_name} folder")
     return from_dict(config_cls, meta.get("config"), where=str(path)), meta
 
 
 def read_pretrained_state(folder: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a folder written by :func:`write_pretrained`."""
     return read_state_file(Path(folder) / WEIGHTS_FILE)
+
+
+def load_pretrained(model_cls: type[M], folder: str | Path, format_name: str, config_cls: type, what: str) -> M:
+    """``model_cls(config)`` for a folder written by :func:`write_pretrained` of a whole module, its weights
+    loaded strictly (``what`` names the model in errors); on the CPU, in eval mode."""
+    config, _ = read_pretrained_config(folder, format_name, config_cls)
+    model = model_cls(config)
+    load_state_dict_strict(model, read_pretrained_state(folder), str(folder), what)
+    return model.eval()
 
 
 def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str = "the model") -> None:
