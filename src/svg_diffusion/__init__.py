@@ -1,7 +1,9 @@
 """svg-diffusion: latent diffusion on the features of a frozen self-supervised encoder (SVG).
 
-Data flows one way through the package:
-data -> encoders (frozen) -> autoencoder -> latents -> diffusion (transformer + flow + samplers) -> evaluation.
+Imports flow one way through the package (tests/test_import_layers.py checks it):
+data -> encoders -> autoencoder -> diffusion -> pipeline -> sample_writer -> evaluation -> demo, trainers,
+official, encode_dataset -> cli, all on a foundation that every layer may use: errors, config, utils and the
+training engine (training: distributed processes, data order, checkpoints, the loop).
 
 The public API is importable from here; the modules behind it (and torch) load on first use, so
 ``import svg_diffusion`` stays fast:
