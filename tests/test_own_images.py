@@ -1,5 +1,6 @@
 """Your own images, from any folder: a copy of the shipped demo configs trains on an image folder, run from
-another working directory, then the result samples and is evaluated, each step a separate `svg-diffusion`.
+another working directory (and resumes from a third one with the run's saved config), then the result samples
+and is evaluated, each step a separate `svg-diffusion`.
 
 The copied configs keep their relative paths (``../../runs/...``, the named encoder ``demo-pretrained``): a
 relative path in a config file is relative to the file's folder, a relative path in ``--set`` to the current
@@ -68,8 +69,11 @@ def test_copied_configs_train_sample_and_evaluate_from_another_folder(tmp_path):
     autoencoder = project / "runs" / "demo" / "autoencoder" / "autoencoder"  # the config's ../../runs/demo/...
     assert (autoencoder / "config.json").is_file()
     saved = yaml.safe_load((autoencoder.parent / "config.yaml").read_text())
-    assert saved["engine"]["out_dir"] == str(autoencoder.parent)  # absolute: --resume works from anywhere
+    assert saved["engine"]["out_dir"] == str(autoencoder.parent)  # absolute paths: it resumes from anywhere
     assert saved["data"]["root"] == str(tmp_path / "my_images")
+    svg_diffusion("train-autoencoder", "--config", str(autoencoder.parent / "config.yaml"), "--resume",
+                  "--set", "engine.max_steps=3", cwd=tmp_path)
+    assert (autoencoder.parent / "checkpoints" / "step_00000003.pt").is_file()
 
     # --set paths are relative to the current folder.
     svg_diffusion("cache-latents", "--config", str(diffusion_config), "--set", "latent_cache=cache", cwd=elsewhere)
