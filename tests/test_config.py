@@ -101,13 +101,16 @@ def test_paths_in_a_file_are_relative_to_its_folder_and_overrides_to_the_current
     monkeypatch.chdir(elsewhere)
     cfg = load_config(Located, path)
     assert cfg.out_dir == str(tmp_path / "runs" / "x") and cfg.cache == "/abs/cache"
-    assert cfg.encoder == "tiny"  # a name: no "/" and nothing of that name beside the config
+    assert cfg.encoder == "tiny"  # a name: no "/"
     assert cfg.inner.root == str(folder / "data")
-    cfg = load_config(Located, path, ["out_dir=out", "encoder=my_encoder", "inner={root: ../pictures}"])
+    cfg = load_config(Located, path, ["out_dir=out", "encoder=./my_encoder", "inner={root: ../pictures}"])
     assert cfg.out_dir == str(elsewhere / "out") and cfg.inner.root == str(tmp_path / "pictures")
-    assert cfg.encoder == "my_encoder"  # relative to the current folder, where it does not exist: a name
+    assert cfg.encoder == str(elsewhere / "my_encoder")
     path.write_text("out_dir: .\nencoder: my_encoder\n")
     cfg = load_config(Located, path)
-    assert cfg.out_dir == str(folder) and cfg.encoder == str(folder / "my_encoder")  # it exists beside the config
+    assert cfg.out_dir == str(folder) and cfg.encoder == "my_encoder"  # a bare word is a name, folder or not
+    path.write_text("out_dir: .\nencoder: ./my_encoder\n")
+    cfg = load_config(Located, path)
+    assert cfg.encoder == str(folder / "my_encoder")
     save_config(cfg, tmp_path / "saved.yaml")  # a saved config holds absolute paths: it loads the same anywhere
     assert load_config(Located, tmp_path / "saved.yaml") == cfg

@@ -7,8 +7,8 @@ e.g. ``model.depth: expected int, got 'six'``. Every config class in the package
 Fields annotated ``ConfigPath`` (a file or folder) or ``PathOrName`` (also a name such as an encoder's) are
 made absolute by ``load_config``: a relative path in the file against the file's own folder, so a config
 means the same from any working directory; a relative path given by an override (``--set``) against the
-current folder, as a shell user expects. A ``PathOrName`` value is a path when it has a ``/`` or names
-something that exists beside the config; otherwise it stays a name.
+current folder, as a shell user expects. A ``PathOrName`` value is a path when it has a ``/`` (``./my_encoder``
+for a folder beside the config); a bare word stays a name, whatever folders exist.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def _resolve(value: str, base: Path, kind: str) -> str:
     path = Path(value).expanduser()
     if path.is_absolute():
         return str(path)
-    if kind == _PATH_OR_NAME and "/" not in value and not (base / path).exists():
+    if kind == _PATH_OR_NAME and "/" not in value:
         return value  # a name (an encoder architecture, a shipped model)
     return os.path.abspath(base / path)
 
