@@ -141,12 +141,12 @@ class PretrainEncoderConfig:
         return Path(self.export_dir) if self.export_dir else Path(self.engine.out_dir) / "encoder"
 
 
+# -------------------------------------------------------------------------------------------------- trainer
+
+
 def cosine(step: int, max_steps: int, start: float, end: float) -> float:
     """A value going from ``start`` (step 0) to ``end`` (``max_steps``) on a half cosine (DINO's schedules)."""
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, max_steps))))
-
-
-# -------------------------------------------------------------------------------------------------- trainer
 
 
 class DistillationTrainer(Trainer):
