@@ -22,7 +22,7 @@ KEYS = {"rfid", "rfid_through_transform", "rfid_through_pca", "rfid_noise", "fid
 
 
 def test_diagnose_command_on_the_demo_pipeline(tmp_path, capsys, fmnist_dir):
-    args = ["diagnose", "--pipeline", "demo", "--real", "fashion_mnist:test", "--limit", "24", "--samples", "12",
+    args = ["diagnose", "--pipeline", "demo-pipeline", "--real", "fashion_mnist:test", "--limit", "24", "--samples", "12",
             "--steps", "2", "--out-dir", str(tmp_path), "--batch-size", "24", "--components", "8", "--json"]
     assert main(args) == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
