@@ -396,6 +396,17 @@ def train_diffusion(config: DiffusionTrainConfig, resume: bool = False) -> Path:
     return folder
 
 
+def _encoding_setup(config: DiffusionTrainConfig, progress: bool, from_cache: bool):
+    """(place, autoencoder on its device, dataset) of the commands that encode the training split: the images, or
+    with ``from_cache`` the latent cache when the config names one (checked against the autoencoder)."""
+    place = setup_distributed(config.engine.device)
+    autoencoder = load_autoencoder(config.autoencoder).to(place.device)
+    show = progress and place.is_main
+    dataset = (training_dataset(config, autoencoder, progress=show) if from_cache
+               else build_dataset(config.data, "train", progress=show))
+    return place, autoencoder, dataset
+
+
 def cache_training_latents(config: DiffusionTrainConfig, out_dir: str | Path | None = None, dtype: str = "float32",
                            shard_size: int = 4096, progress: bool = True) -> Path:
     """The ``cache-latents`` command: encode ``config.data``'s training split with ``config.autoencoder`` into
@@ -404,9 +415,7 @@ def cache_training_latents(config: DiffusionTrainConfig, out_dir: str | Path | N
     target = out_dir if out_dir is not None else config.latent_cache
     if target is None:
         raise SVGError("no cache folder: set latent_cache in the config or pass an output folder")
-    place = setup_distributed(config.engine.device)
-    autoencoder = load_autoencoder(config.autoencoder).to(place.device)
-    dataset = build_dataset(config.data, "train", progress=progress and place.is_main)
+    place, autoencoder, dataset = _encoding_setup(config, progress, from_cache=False)
     return cache_latents(autoencoder, dataset, target, flips=config.data.hflip, shard_size=shard_size, dtype=dtype,
                          batch_size=config.encode_batch_size, num_workers=config.engine.num_workers,
                          dataset_info=dataset_info(config.data), progress=progress)
@@ -415,9 +424,7 @@ def cache_training_latents(config: DiffusionTrainConfig, out_dir: str | Path | N
 def training_latent_statistics(config: DiffusionTrainConfig, out: str | Path, progress: bool = True) -> Path:
     """The ``latent-stats`` command: exact statistics of ``config.data``'s training latents, written to ``out``
     (set ``latent_stats`` to it to skip the computation when training online). Sharded under torchrun."""
-    place = setup_distributed(config.engine.device)
-    autoencoder = load_autoencoder(config.autoencoder).to(place.device)
-    dataset = build_dataset(config.data, "train", progress=progress and place.is_main)
+    place, autoencoder, dataset = _encoding_setup(config, progress, from_cache=False)
     stats = compute_latent_statistics(autoencoder, dataset, config.encode_batch_size, config.engine.num_workers,
                                       progress=progress)
     if place.is_main:
@@ -434,9 +441,7 @@ def fit_training_transform(config: DiffusionTrainConfig, out: str | Path | None 
     if target is None:
         raise SVGError("no output folder: pass one or set latent_transform.path in the config")
     settings = dataclasses.replace(config.latent_transform, path=None)
-    place = setup_distributed(config.engine.device)
-    autoencoder = load_autoencoder(config.autoencoder).to(place.device)
-    dataset = training_dataset(config, autoencoder, progress=progress and place.is_main)
+    place, autoencoder, dataset = _encoding_setup(config, progress, from_cache=True)
     fitting = dataclasses.replace(config, latent_transform=settings, latent_stats=None)
     transform = training_transform(fitting, autoencoder, dataset, resume=False, progress=progress and place.is_main)
     if place.is_main:
