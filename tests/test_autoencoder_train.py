@@ -206,7 +206,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
         stderr = capsys.readouterr().err
         assert len(stderr.strip().splitlines()) == 1, stderr
         assert stderr.startswith("svg-diffusion train-autoencoder: error: ") and message in stderr
-    with pytest.raises(ConfigError, match=r"optimizer: betas must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"optimizer: betas\[1\] must be a finite number in \[0, 1\), got 1.5"):
         from_dict(AutoencoderTrainConfig, {**TINY, "engine": {**TINY["engine"], "out_dir": "x"},
                                            "optimizer": {"betas": [0.5, 1.5]}})
 

@@ -16,9 +16,9 @@ def test_config_from_dict_and_its_invariants():
         from_dict(DataConfig, {"source": "mnist"})
     with pytest.raises(ConfigError, match="root is required"):
         from_dict(DataConfig, {"source": "image_folder"})
-    with pytest.raises(ConfigError, match="image_size must be positive"):
+    with pytest.raises(ConfigError, match="image_size must be an integer >= 1, got 0"):
         from_dict(DataConfig, {"source": "fashion_mnist", "image_size": 0})
-    with pytest.raises(ConfigError, match="limit must be positive"):
+    with pytest.raises(ConfigError, match="limit must be an integer >= 1, got 0"):
         from_dict(DataConfig, {"source": "fashion_mnist", "limit": 0})
     with pytest.raises(ConfigError, match="check: expected one of"):
         from_dict(DataConfig, {"source": "image_folder", "root": "x", "check": "verify"})

@@ -69,7 +69,7 @@ def test_run_demo_is_deterministic_and_rejects_bad_input(shipped, tmp_path, caps
                                                 progress=False)))
     assert np.abs(other_seed.astype(int) - first).max() > 0
     assert main(["demo", "--out-dir", str(tmp_path), "--per-class", "0"]) == 2
-    assert "--per-class must be at least 1" in capsys.readouterr().err
+    assert "--per-class must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_shipped_files_match_their_listed_and_documented_hashes(shipped):

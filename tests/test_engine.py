@@ -203,7 +203,7 @@ def test_engine_config_validation_and_lr_schedule():
         from_dict(EngineConfig, {**base, "grad_accum_steps": 3})
     with pytest.raises(ConfigError, match="precision: expected one of 'fp32', 'bf16'"):
         from_dict(EngineConfig, {**base, "precision": "fp16"})
-    with pytest.raises(ConfigError, match="log_every must be at least 1"):
+    with pytest.raises(ConfigError, match="log_every must be an integer >= 1, got 0"):
         from_dict(EngineConfig, {**base, "log_every": 0})
     config = from_dict(EngineConfig, {**base, "warmup_steps": 4, "lr_schedule": "cosine", "min_lr_ratio": 0.1})
     assert [config.lr_multiplier(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

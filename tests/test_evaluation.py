@@ -212,7 +212,7 @@ def test_cache_lists_entries_by_last_use_and_prunes_idle_ones(tmp_path, capsys):
     listing = capsys.readouterr().out.splitlines()
     assert "source c" in listing[0] and "source a" in listing[1] and listing[2].startswith("2 entries")
     assert main(["feature-cache", "--cache-dir", str(tmp_path), "--older-than", "-1"]) == 2
-    assert "at least 0 days" in capsys.readouterr().err
+    assert "--older-than must be a finite number >= 0, got -1.0" in capsys.readouterr().err
     assert main(["feature-cache", "--cache-dir", str(tmp_path), "--clear"]) == 0
     assert store.entries() == []
 

@@ -134,7 +134,7 @@ def test_save_and_load_keep_the_transform(latents, tmp_path):
 @pytest.mark.parametrize("settings, message", [
     (dict(kind="pca", components=4, explained_variance=0.9), "not both"),
     (dict(kind="per_channel", components=4), "options of kind 'pca'"),
-    (dict(kind="pca", components=0), "at least 1"),
+    (dict(kind="pca", components=0), "components must be an integer >= 1, got 0"),
     (dict(kind="pca", explained_variance=1.5), r"in \(0, 1\]"),
     (dict(kind="zca"), "must be one of"),
 ])

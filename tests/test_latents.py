@@ -62,8 +62,9 @@ def test_statistics_save_load_and_normalize(tmp_path):
     assert stats.normalize(z)[:, 1].mean().item() == pytest.approx(((z[:, 1] + 2) / 0.5).mean().item(), abs=1e-6)
     with pytest.raises(SVGError, match=r"expected latents \[B, 3, h, w\]"):
         stats.normalize(torch.zeros(2, 4, 4, 4))
-    with pytest.raises(SVGError, match="std must be positive"):
-        LatentStatistics(torch.zeros(2), torch.tensor([1.0, 0.0]))
+    for std in (0.0, float("inf")):  # an infinite std would pass a test for positive values alone
+        with pytest.raises(SVGError, match="every std positive"):
+            LatentStatistics(torch.zeros(2), torch.tensor([1.0, std]))
 
 
 def test_statistics_equal_a_direct_computation(autoencoder, dataset, latents):

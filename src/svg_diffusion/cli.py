@@ -2,7 +2,9 @@
 
 Each subcommand is an ``add_<name>(subparsers)`` function that registers its arguments and a handler; the
 handler only translates arguments into one library call. Problems the user can fix (``SVGError``) become
-one line on stderr and exit status 2; anything else is a bug and keeps its traceback.
+one line on stderr and exit status 2; anything else is a bug and keeps its traceback. Numeric flags have a
+:class:`Number` type whose range is checked before the command starts (NaN, infinity or a value out of range
+is such a problem).
 """
 
 from __future__ import annotations
@@ -17,21 +19,48 @@ from pathlib import Path
 from .errors import SVGError
 
 
+class Number:
+    """The argparse ``type`` of a numeric flag: converts the text; ``check`` tests the value's range.
+
+    ``main`` checks the ranges after parsing, so a value out of range is reported like every other user error:
+    one line naming the flag, the allowed range and the value, exit status 2, before any model is loaded or
+    progress bar drawn (raised during parsing, it would get argparse's usage text and an "invalid value" line).
+    """
+
+    def __init__(self, kind: type, **bounds: float):
+        self.kind, self.bounds = kind, bounds
+        self.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
+
+    def __call__(self, text: str) -> int | float:
+        return self.kind(text)
+
+    def check(self, flag: str, value: int | float) -> None:
+        from .utils.checks import check_int, check_number
+
+        (check_int if self.kind is int else check_number)(flag, value, **self.bounds)
+
+
+POSITIVE_INT = Number(int, at_least=1)  # sizes, counts, steps, 1-based layers
+NON_NEGATIVE_INT = Number(int, at_least=0)  # seeds, worker processes, "0: all"
+POSITIVE = Number(float, above=0)
+NON_NEGATIVE = Number(float, at_least=0)
+
+
 def add_encode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="extract frozen-encoder patch features of a dataset to a file")
     p.add_argument("--encoder", default="demo-pretrained",
                    help="encoder name (see `svg-diffusion encoders`) or folder; default: the shipped demo encoder")
     p.add_argument("--weights", default=None, help="Meta .pth, HF folder/.safetensors, or our folder")
-    p.add_argument("--layer", type=int, default=None, help="take the output of this block (1-based) instead of the last")
+    p.add_argument("--layer", type=POSITIVE_INT, default=None, help="take the output of this block (1-based) instead of the last")
     p.add_argument("--data", default="fashion_mnist", help="'fashion_mnist' or an image folder")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=None, help="encode only the first N images")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--image-size", type=POSITIVE_INT, default=32)
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="encode only the first N images")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=256)
     p.add_argument("--out", required=True, help="output .safetensors with 'features' [N,C,h,w] and 'labels'")
     p.add_argument("--picture", default=None, help="also write a PCA-to-RGB PNG of the first images' features")
     p.add_argument("--flat", action="store_true", help="the image folder has no class subfolders (labels -1)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="data-loading worker processes")
 
     def run(args: argparse.Namespace) -> None:
         from .encode_dataset import encode_dataset
@@ -66,9 +95,9 @@ def add_encoders(sub: argparse._SubParsersAction) -> None:
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a class-conditional Fashion-MNIST grid from the shipped demo pipeline")
     p.add_argument("--out-dir", default="outputs/demo", help="where demo_grid.png goes")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's, 25)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-class", type=int, default=8, help="samples per class (one row per class)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, help="sampling steps (default: the pipeline's, 25)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--per-class", type=POSITIVE_INT, default=8, help="samples per class (one row per class)")
     p.add_argument("--pipeline", default="demo-pipeline", help="another pipeline folder (default: the shipped one)")
 
     def run(args: argparse.Namespace) -> None:
@@ -97,8 +126,8 @@ def add_eval_autoencoder(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--autoencoder", required=True, help="folder written by train-autoencoder (out_dir/autoencoder)")
     p.add_argument("--data", default="fashion_mnist", help="'fashion_mnist' or an image folder")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="evaluate the first N images only")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-rfid", action="store_true", help="skip rFID (the Inception network is the slow part)")
     p.add_argument("--out-dir", required=True, help="where reconstruction.json and reconstruction.png go")
@@ -182,7 +211,7 @@ def add_cache_latents(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="cache folder (default: the config's latent_cache)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="stored precision (bfloat16: half the disk, ~0.4%% relative error per value)")
-    p.add_argument("--shard-size", type=int, default=4096, help="images per shard file")
+    p.add_argument("--shard-size", type=POSITIVE_INT, default=4096, help="images per shard file")
 
     def run(args: argparse.Namespace) -> None:
         from .trainers.diffusion import cache_training_latents
@@ -212,8 +241,8 @@ def add_fit_latent_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default: the config's latent_transform.path)")
     p.add_argument("--kind", choices=["per_channel", "pca"], default=None, help="override latent_transform.kind")
     k = p.add_mutually_exclusive_group()
-    k.add_argument("--components", type=int, default=None, help="PCA: keep this many directions")
-    k.add_argument("--explained-variance", type=float, default=None,
+    k.add_argument("--components", type=POSITIVE_INT, default=None, help="PCA: keep this many directions")
+    k.add_argument("--explained-variance", type=Number(float, above=0, at_most=1), default=None,
                    help="PCA: keep the fewest directions that hold this fraction of the variance")
 
     def run(args: argparse.Namespace) -> None:
@@ -248,14 +277,15 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--out-dir", default=None, help="folder of 000000.png, ... and labels.txt")
     out.add_argument("--npz", default=None, help=".npz with arr_0 (uint8 NHWC) and labels, for FID")
     p.add_argument("--classes", nargs="+", default=None, help="class indices or names (default: all)")
-    p.add_argument("--per-class", type=int, default=8, help="samples per class (grid rows are this long)")
-    p.add_argument("--num", type=int, default=None, help="folder/npz: this many samples, cycling through the classes")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the pipeline's)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the pipeline's; 1 = none)")
+    p.add_argument("--per-class", type=POSITIVE_INT, default=8, help="samples per class (grid rows are this long)")
+    p.add_argument("--num", type=POSITIVE_INT, default=None, help="folder/npz: this many samples, cycling through the classes")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, help="sampler steps (default: the pipeline's)")
+    p.add_argument("--cfg", type=NON_NEGATIVE, default=None,
+                   help="guidance scale >= 0 (default: the pipeline's; 1 = none, 0 = unconditional)")
     p.add_argument("--sampler", default=None, help="euler, heun, adams_bashforth, dpm_solver_2m, euler_maruyama")
-    p.add_argument("--shift", type=float, default=None, help="time shift k of the sampling grid (SD3 convention)")
-    p.add_argument("--seed", type=int, default=0, help="sample i's noise depends only on (seed, i)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shift", type=POSITIVE, default=None, help="time shift k > 0 of the sampling grid (SD3 convention)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="sample i's noise depends only on (seed, i)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
     p.add_argument("--bf16", action="store_true", help="run the transformer under bfloat16 autocast")
     p.add_argument("--two-pass-cfg", action="store_true",
                    help="guided and unguided branches as two forwards, not one of twice the batch "
@@ -263,12 +293,15 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     def run(args: argparse.Namespace) -> None:
+        from .diffusion import get_sampler
         from .pipeline import SVGPipeline
         from .sample_writer import class_labels, write_samples
         from .training.distributed import setup_distributed
 
         if args.num is not None and args.out is not None:
             raise SVGError("--num is for --out-dir and --npz; a grid has --per-class samples of each class")
+        if args.sampler is not None:
+            get_sampler(args.sampler)  # an unknown name fails here, not after loading and with a progress bar
         place = setup_distributed(args.device)
         pipe = SVGPipeline.from_pretrained(args.pipeline, device=place.device)
         labels = class_labels(pipe, args.classes and [int(c) if c.isdigit() else c for c in args.classes],
@@ -307,14 +340,14 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
                    help="encoder name (see `svg-diffusion encoders`), folder, or 'pixels' (raw-pixel baseline); "
                         "repeatable")
     p.add_argument("--weights", default=None, help="weights for a single --encoder (as `encode`)")
-    p.add_argument("--layer", type=int, default=None, help="take the output of this block (1-based)")
+    p.add_argument("--layer", type=POSITIVE_INT, default=None, help="take the output of this block (1-based)")
     p.add_argument("--data", default="fashion_mnist", help="'fashion_mnist' or a labelled image folder")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--train", type=int, default=10000, help="first N images of the train split (0: all)")
-    p.add_argument("--test", type=int, default=10000, help="first N images of the test split (0: all)")
+    p.add_argument("--image-size", type=POSITIVE_INT, default=32)
+    p.add_argument("--train", type=NON_NEGATIVE_INT, default=10000, help="first N images of the train split (0: all)")
+    p.add_argument("--test", type=NON_NEGATIVE_INT, default=10000, help="first N images of the test split (0: all)")
     p.add_argument("--features", nargs="+", choices=["pooled", "patch"], default=["pooled", "patch"],
                    help="pooled: [CLS, mean patch token]; patch: the flattened patch-token map")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=256)
     p.add_argument("--out", default=None, help="also write the rows to this JSON file")
 
     def run(args: argparse.Namespace) -> None:
@@ -335,13 +368,13 @@ def add_diagnose(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline", required=True, help="pipeline folder (or demo-pipeline for the shipped one)")
     p.add_argument("--real", required=True,
                    help="reference images: fashion_mnist:test, an image folder or an .npz (first --limit images)")
-    p.add_argument("--limit", type=int, default=2000, help="real images to use (default 2000)")
-    p.add_argument("--samples", type=int, default=None, help="samples to draw (default: as many as real images)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
-    p.add_argument("--components", type=int, default=None,
+    p.add_argument("--limit", type=POSITIVE_INT, default=2000, help="real images to use (default 2000)")
+    p.add_argument("--samples", type=POSITIVE_INT, default=None, help="samples to draw (default: as many as real images)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, help="sampling steps (default: the pipeline's)")
+    p.add_argument("--components", type=POSITIVE_INT, default=None,
                    help="k of the diagnostic PCA (default: the pipeline's PCA k, else 97%% of the variance)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=100)
     p.add_argument("--out-dir", default="outputs/diagnose", help="where diagnose.json and spectrum.png go")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -379,19 +412,19 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fake", default=None, help="the generated images (or statistics)")
     p.add_argument("--out", default=None, help="stats: the .npz to write")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of 'name value' lines")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=POSITIVE_INT, default=None,
                    help="use the first N images of each image source (a statistics file is used whole)")
-    p.add_argument("--image-size", type=int, default=32, help="image size of fashion_mnist:<split> sources")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--k", type=int, default=3, help="pr: neighbours that set each point's radius")
+    p.add_argument("--image-size", type=POSITIVE_INT, default=32, help="image size of fashion_mnist:<split> sources")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    p.add_argument("--k", type=POSITIVE_INT, default=3, help="pr: neighbours that set each point's radius")
     p.add_argument("--inception-head", default=None, metavar="FILE",
                    help="is: weights file with the TF Inception's fc.weight [1008, 2048] (e.g. pytorch-fid's "
                         "pt_inception-2015-12-05-6726825d.pth); see docs/evaluation.md")
-    p.add_argument("--splits", type=int, default=10, help="is: splits of the samples (mean and std over them)")
+    p.add_argument("--splits", type=POSITIVE_INT, default=10, help="is: splits of the samples (mean and std over them)")
     p.add_argument("--encoder", default="demo-pretrained",
                    help="fd-encoder: encoder name or folder; default the shipped demo encoder")
     p.add_argument("--weights", default=None, help="fd-encoder: weights file for a named encoder")
-    p.add_argument("--layer", type=int, default=None, help="fd-encoder: take this block's output (1-based)")
+    p.add_argument("--layer", type=POSITIVE_INT, default=None, help="fd-encoder: take this block's output (1-based)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached Inception features")
     p.add_argument("--cache-dir", default=None,
@@ -429,7 +462,7 @@ def add_feature_cache(sub: argparse._SubParsersAction) -> None:
                        description="Lists the entries, least recently used first; --older-than/--clear delete.")
     p.add_argument("--cache-dir", default=None,
                    help="cache folder (default $SVG_DIFFUSION_CACHE or ~/.cache/svg_diffusion)")
-    p.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+    p.add_argument("--older-than", type=NON_NEGATIVE, default=None, metavar="DAYS",
                    help="delete the entries not used for more than DAYS days")
     p.add_argument("--clear", action="store_true", help="delete every entry")
 
@@ -470,10 +503,21 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"svg-diffusion: warning: {message}\n"
 
 
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Range-check the value of every numeric flag of ``args.command`` (see :class:`Number`)."""
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    for action in commands.choices[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(action.type, Number) and value is not None:
+            action.type.check(action.option_strings[-1], value)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     warnings.formatwarning = _one_line_warning
     try:
+        check_numbers(parser, args)
         args.handler(args)
     except SVGError as err:
         print(f"svg-diffusion {args.command}: error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ from .errors import SVGError
 from .autoencoder.model import ENCODER_FOLDER
 from .pipeline import AUTOENCODER_FOLDER, INDEX_FILE, TRANSFORMER_FOLDER, SVGPipeline
 from .sample_writer import class_labels, write_samples
+from .utils.checks import check_int
 from .utils.files import atomic_path
 from .utils.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_json
 from .utils.shipped import DEMO_ENCODER_DIR, DEMO_PIPELINE_DIR, shipped_pipeline
@@ -50,10 +51,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", steps: int | None = None, see
     ``pipeline``: a pipeline folder (default: the shipped one) or a loaded ``SVGPipeline``. Sample ``i``
     starts from noise seeded by ``(seed, i)`` (see ``sample_writer``): the same seed gives the same grid.
     """
-    if per_class < 1:
-        raise SVGError(f"--per-class must be at least 1, got {per_class}")
-    if steps is not None and steps < 1:
-        raise SVGError(f"--steps must be at least 1, got {steps}")
+    check_int("per_class", per_class, at_least=1)
+    if steps is not None:  # None: the pipeline's
+        check_int("steps", steps, at_least=1)
     start = time.perf_counter()
     pipe = pipeline if isinstance(pipeline, SVGPipeline) else demo_pipeline(pipeline)
     loaded = time.perf_counter()

@@ -37,9 +37,11 @@ from PIL import Image
 from .autoencoder import Autoencoder, load_autoencoder
 from .config import from_dict, to_dict
 from .diffusion import DiT, GuidanceConfig, get_sampler, guided_velocity, time_grid
+from .diffusion.guidance import check_guidance_scale
 from .diffusion.latent_transform import LatentTransform, load_latent_transform
 from .diffusion.latents import LatentStatistics
 from .errors import SVGError
+from .utils.checks import check_int, check_number
 from .utils.images import to_pil, to_uint8
 from .utils.pretrained import read_format_file, write_json
 from .utils.shipped import shipped_pipeline
@@ -65,10 +67,8 @@ class SamplingDefaults:
     guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(scale=1.5))
 
     def __post_init__(self) -> None:
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
-        if self.shift <= 0:
-            raise ValueError(f"shift must be positive, got {self.shift}")
+        check_int("num_steps", self.num_steps, at_least=1)
+        check_number("shift", self.shift, above=0)
         get_sampler(self.sampler)  # an unknown name fails here, not at the first call
 
 
@@ -178,6 +178,21 @@ class SVGPipeline:
         cfg = self._require_transformer().config
         return (batch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
 
+    def sampling_settings(self, num_steps: int | None = None, guidance_scale: float | None = None,
+                          shift: float | None = None, sampler: str | None = None,
+                          guidance: GuidanceConfig | None = None) -> SamplingDefaults:
+        """The settings a call with these arguments samples with: ``self.sampling`` where an argument is None.
+
+        ``guidance_scale`` replaces the scale of ``guidance``. A value out of its range raises ValueError naming
+        the argument (``SamplingDefaults`` checks ``num_steps``, ``shift`` and the sampler's name).
+        """
+        chosen = {"num_steps": num_steps, "shift": shift, "sampler": sampler, "guidance": guidance}
+        settings = replace(self.sampling, **{name: value for name, value in chosen.items() if value is not None})
+        if guidance_scale is None:
+            return settings
+        return replace(settings, guidance=replace(settings.guidance,
+                                                  scale=check_guidance_scale("guidance_scale", guidance_scale)))
+
     @torch.no_grad()
     def __call__(self, class_labels: Sequence[int | str] | torch.Tensor, num_steps: int | None = None,
                  guidance_scale: float | None = None, shift: float | None = None, sampler: str | None = None,
@@ -189,7 +204,8 @@ class SVGPipeline:
 
         - ``class_labels``: indices or class names; ``num_steps``, ``shift``, ``sampler``: default to
           ``self.sampling``. ``guidance_scale`` overrides the scale of ``guidance`` (default
-          ``self.sampling.guidance``); 1.0 is no guidance.
+          ``self.sampling.guidance``); 1.0 is no guidance. A value out of its range (``num_steps`` < 1,
+          ``shift`` <= 0, ``guidance_scale`` < 0, NaN or infinite) raises ValueError before anything is computed.
         - ``latents``: the initial noise [B, C, h, w] (the public code's token layout is
           ``x.flatten(2).transpose(1, 2)``); otherwise drawn with ``generator`` on its device (CPU by
           default, so a seed gives the same images on every device).
@@ -206,6 +222,7 @@ class SVGPipeline:
         transformer = self._require_transformer()
         if output_type not in OUTPUT_TYPES:
             raise SVGError(f"unknown output_type {output_type!r} (one of {', '.join(OUTPUT_TYPES)})")
+        settings = self.sampling_settings(num_steps, guidance_scale, shift, sampler, guidance)
         labels = (class_labels.tolist() if isinstance(class_labels, torch.Tensor) else list(class_labels))
         if not labels:
             raise SVGError("no class labels given")
@@ -218,19 +235,13 @@ class SVGPipeline:
             raise SVGError(f"latents must have shape {list(self.noise_shape(len(y)))}, got {list(latents.shape)}")
         noise = latents.to(device=device, dtype=torch.float32)
 
-        num_steps = self.sampling.num_steps if num_steps is None else num_steps
-        sampler = sampler or self.sampling.sampler
-        guidance = guidance or self.sampling.guidance
-        if guidance_scale is not None:
-            guidance = replace(guidance, scale=guidance_scale)
-        sample = get_sampler(sampler)
-        if sampler == "euler_maruyama":
+        if settings.sampler == "euler_maruyama":
             sampler_kwargs.setdefault("generator", generator)
-        times = time_grid(num_steps, self.sampling.shift if shift is None else shift, device=device)
-        velocity = guided_velocity(transformer, y, guidance, num_steps, batched=batched_cfg)
+        times = time_grid(settings.num_steps, settings.shift, device=device)
+        velocity = guided_velocity(transformer, y, settings.guidance, settings.num_steps, batched=batched_cfg)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         with autocast:
-            normalized = sample(velocity, noise, times, progress=progress, **sampler_kwargs)
+            normalized = get_sampler(settings.sampler)(velocity, noise, times, progress=progress, **sampler_kwargs)
         latent = self.latent_transform.decode(normalized)
         if output_type == "latent":
             return latent

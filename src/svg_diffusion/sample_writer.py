@@ -25,6 +25,7 @@ from .pipeline import SVGPipeline
 from .training.distributed import all_gather_rows, barrier, rank_and_world_size
 from .training.randomness import derive_seed
 from .training.sharding import shard_indices
+from .utils.checks import check_int
 from .utils.files import atomic_path
 from .utils.images import from_uint8, save_image_grid
 
@@ -45,11 +46,9 @@ def class_labels(pipeline: SVGPipeline, classes: Sequence[int | str] | None = No
     model_classes = pipeline.transformer.config.num_classes if pipeline.transformer is not None else 0
     chosen = [pipeline.class_index(c) for c in classes] if classes else list(range(max(model_classes, 1)))
     if num is not None:
-        if num < 1:
-            raise SVGError(f"the number of samples must be positive, got {num}")
+        check_int("num", num, at_least=1)
         return [chosen[i % len(chosen)] for i in range(num)]
-    if per_class < 1:
-        raise SVGError(f"samples per class must be positive, got {per_class}")
+    check_int("per_class", per_class, at_least=1)
     return [c for c in chosen for _ in range(per_class)]
 
 
@@ -70,8 +69,7 @@ def iter_samples(pipeline: SVGPipeline, labels: Sequence[int], indices: Sequence
     ``call_options`` go to the pipeline call (``num_steps``, ``guidance_scale``, ``sampler``, ``shift``,
     ``precision``, ...).
     """
-    if batch_size < 1:
-        raise SVGError(f"batch size must be positive, got {batch_size}")
+    check_int("batch_size", batch_size, at_least=1)
     indices = list(indices)
     bar = tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):

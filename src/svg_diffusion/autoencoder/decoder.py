@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.checks import check_each, check_int
+
 
 @dataclass
 class DecoderConfig:
@@ -38,8 +40,11 @@ class DecoderConfig:
     def __post_init__(self):
         if not self.ch_mult:
             raise ValueError("ch_mult must have at least one level")
-        if self.z_channels <= 0 or self.ch <= 0 or self.num_res_blocks < 0 or self.out_ch <= 0:
-            raise ValueError("z_channels, ch and out_ch must be positive and num_res_blocks >= 0")
+        for name in ("z_channels", "resolution", "ch", "out_ch"):
+            check_int(name, getattr(self, name), at_least=1)
+        check_int("num_res_blocks", self.num_res_blocks, at_least=0)
+        check_each(check_int, "ch_mult", self.ch_mult, at_least=1)
+        check_each(check_int, "attn_resolutions", self.attn_resolutions, at_least=1)
         if any(self.ch * m % 32 for m in self.ch_mult):
             raise ValueError(f"every ch * ch_mult must be a multiple of 32 (GroupNorm groups), got ch {self.ch}")
         if self.resolution % self.upsampling_factor:

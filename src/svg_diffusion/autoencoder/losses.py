@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..training.distributed import all_reduce_
+from ..utils.checks import check_int, check_number
 from .discriminator import DiscriminatorNorm, PatchDiscriminator
 from .lpips import LPIPS
 
@@ -42,10 +43,12 @@ class LossConfig:
     max_gan_weight: float = 1e4
 
     def __post_init__(self):
-        if min(self.l1_weight, self.lpips_weight, self.disc_weight) < 0:
-            raise ValueError("loss weights must be >= 0")
-        if self.disc_start < 0:
-            raise ValueError(f"disc_start must be >= 0, got {self.disc_start}")
+        for name in ("l1_weight", "lpips_weight", "disc_weight"):
+            check_number(name, getattr(self, name), at_least=0)
+        check_number("max_gan_weight", self.max_gan_weight, at_least=0)
+        check_int("disc_start", self.disc_start, at_least=0)
+        check_int("disc_layers", self.disc_layers, at_least=1)
+        check_int("disc_channels", self.disc_channels, at_least=1)
 
 
 def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

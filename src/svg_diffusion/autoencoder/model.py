@@ -27,6 +27,7 @@ from torch import nn
 from ..config import ConfigPath, PathOrName
 from ..encoders import FrozenEncoder, load_encoder, save_encoder
 from ..errors import SVGError
+from ..utils.checks import check_int, check_number
 from ..utils.pretrained import (
     load_state_dict_strict, read_pretrained_config, read_pretrained_state, stored_state, write_pretrained,
 )
@@ -53,12 +54,12 @@ class AutoencoderConfig:
     mask_prob: float = 0.1  # probability that a training sample's residual map is replaced by the mask token
 
     def __post_init__(self):
-        if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
-        if not 0.0 <= self.mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in [0, 1), got {self.mask_prob}")
-        if self.alignment_momentum is not None and not 0.0 < self.alignment_momentum <= 1.0:
-            raise ValueError(f"alignment_momentum must be in (0, 1] or null, got {self.alignment_momentum}")
+        if self.encoder_layer is not None:
+            check_int("encoder_layer", self.encoder_layer, at_least=1)
+        check_int("image_size", self.image_size, at_least=1)
+        check_number("mask_prob", self.mask_prob, at_least=0, below=1)
+        if self.alignment_momentum is not None:  # null: cumulative statistics
+            check_number("alignment_momentum", self.alignment_momentum, above=0, at_most=1)
 
 
 class AutoencoderOutput(NamedTuple):

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..encoders.configs import ViTConfig
 from ..encoders.vit import VisionTransformer
+from ..utils.checks import check_int
 
 
 @dataclass
@@ -33,10 +34,9 @@ class ResidualEncoderConfig:
     mlp_dim: int = 1536
 
     def __post_init__(self):
-        if self.channels < 0:
-            raise ValueError(f"residual channels must be >= 0, got {self.channels}")
-        if self.depth <= 0 or self.width <= 0 or self.num_heads <= 0 or self.mlp_dim <= 0:
-            raise ValueError("residual depth, width, num_heads and mlp_dim must be positive")
+        check_int("channels", self.channels, at_least=0)  # 0: no residual branch
+        for name in ("depth", "width", "num_heads", "mlp_dim"):
+            check_int(name, getattr(self, name), at_least=1)
         if self.width % self.num_heads:
             raise ValueError(f"residual width {self.width} is not divisible by num_heads {self.num_heads}")
 

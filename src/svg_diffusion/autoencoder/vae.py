@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SVGError
+from ..utils.checks import check_int, check_number
 from ..utils.pretrained import CONFIG_FILE, load_pretrained, read_json, write_pretrained
 from ..utils.shipped import shipped_pipeline
 from .decoder import AttnBlock, Decoder, DecoderConfig, ResnetBlock, group_norm
@@ -54,10 +55,9 @@ class VAEConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
     def __post_init__(self):
-        if self.image_size <= 0 or self.latent_channels <= 0:
-            raise ValueError(f"image_size and latent_channels must be positive, got {self.image_size} and {self.latent_channels}")
-        if self.kl_weight < 0:
-            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
+        check_int("image_size", self.image_size, at_least=1)
+        check_int("latent_channels", self.latent_channels, at_least=1)
+        check_number("kl_weight", self.kl_weight, at_least=0)
         if self.decoder.z_channels != self.latent_channels:
             raise ValueError(f"decoder.z_channels is {self.decoder.z_channels}, latent_channels {self.latent_channels}")
         if self.decoder.resolution != self.image_size:

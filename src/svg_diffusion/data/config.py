@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from ..config import ConfigPath
 from ..errors import SVGError
+from ..utils.checks import check_int
 from .fashion_mnist import DEFAULT_DIR, FashionMNIST
 from .image_folder import CHECKS, ImageFolder
 
@@ -42,12 +43,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        check_int("image_size", self.image_size, at_least=1)
         if self.source == "image_folder" and not self.root:
             raise ValueError("root is required when source is 'image_folder'")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be positive, got {self.limit}")
+        if self.limit is not None:
+            check_int("limit", self.limit, at_least=1)
         if self.check not in CHECKS:
             raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {self.check!r}")
 

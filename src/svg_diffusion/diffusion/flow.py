@@ -29,19 +29,17 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from ..utils.checks import check_number
+
 
 def shift_from_public(s: float) -> float:
     """The public code's shift ``s`` (applied to t, s < 1 favours noise) as our SD3-style ``k`` = 1 / s."""
-    if s <= 0:
-        raise ValueError(f"the public shift must be positive, got {s}")
-    return 1.0 / s
+    return 1.0 / check_number("public shift", s, above=0)
 
 
 def shift_to_public(k: float) -> float:
     """Our SD3-style shift ``k`` as the public code's ``s`` = 1 / k."""
-    if k <= 0:
-        raise ValueError(f"the shift must be positive, got {k}")
-    return 1.0 / k
+    return 1.0 / check_number("shift", k, above=0)
 
 
 def shift_time(t: torch.Tensor, k: float) -> torch.Tensor:
@@ -50,8 +48,7 @@ def shift_time(t: torch.Tensor, k: float) -> torch.Tensor:
     Written directly on t as t' = t / (k - (k - 1) * t), which keeps t = 0 and t = 1 exact. k = 1 is the
     identity; k = 2.5 is the paper's training shift, k = 1/0.15 its sampling shift.
     """
-    if k <= 0:
-        raise ValueError(f"the shift must be positive, got {k}")
+    check_number("shift", k, above=0)
     return t / (k - (k - 1) * t)
 
 
@@ -85,14 +82,12 @@ class FlowMatchingConfig:
         return replace(self, shift=dimension_shift(positions, channels, self.shift_base))
 
     def __post_init__(self) -> None:
-        if self.shift != "auto" and not self.shift > 0:
-            raise ValueError(f"shift must be positive or 'auto', got {self.shift}")
-        if not self.shift_base > 0:
-            raise ValueError(f"shift_base must be positive, got {self.shift_base}")
-        if self.logit_normal_std <= 0:
-            raise ValueError(f"logit_normal_std must be positive, got {self.logit_normal_std}")
-        if not 0.0 <= self.class_dropout_prob <= 1.0:
-            raise ValueError(f"class_dropout_prob must be in [0, 1], got {self.class_dropout_prob}")
+        if self.shift != "auto":  # "auto" becomes a number in resolved()
+            check_number("shift", self.shift, above=0)
+        check_number("shift_base", self.shift_base, above=0)
+        check_number("logit_normal_mean", self.logit_normal_mean)
+        check_number("logit_normal_std", self.logit_normal_std, above=0)
+        check_number("class_dropout_prob", self.class_dropout_prob, at_least=0, at_most=1)
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None = None,

@@ -31,8 +31,13 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from ..errors import SVGError
+from ..utils.checks import check_int, check_interval, check_number
 from .solvers import VelocityFn
+
+
+def check_guidance_scale(name: str, scale: float) -> float:
+    """``scale`` when it is a usable guidance weight: finite and >= 0 (0: the unconditional model, 1: no guidance)."""
+    return check_number(name, scale, at_least=0)
 
 
 @dataclass
@@ -46,11 +51,9 @@ class GuidanceConfig:
     optimized_scale: bool = True  # "cfg_zero_star": apply s* (False = the public SVG code's variant)
 
     def __post_init__(self) -> None:
-        lo, hi = self.interval
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"interval must satisfy 0 <= lo <= hi <= 1, got {self.interval}")
-        if self.zero_init_steps < 0:
-            raise ValueError(f"zero_init_steps must be >= 0, got {self.zero_init_steps}")
+        check_guidance_scale("scale", self.scale)
+        check_interval("interval", self.interval, at_least=0, at_most=1)
+        check_int("zero_init_steps", self.zero_init_steps, at_least=0)
 
     def scale_at(self, step: int, num_steps: int, t: float) -> float:
         """The guidance weight w for the evaluation at time ``t`` during step ``step`` of ``num_steps``."""
@@ -85,8 +88,7 @@ def guided_velocity(model: nn.Module, labels: torch.Tensor, guidance: GuidanceCo
     ``num_steps`` is the sampler's number of steps (step-based schedules need it); ``null_class`` defaults
     to ``model.null_class``. The returned velocity has x's dtype (a bf16 autocast model is cast back).
     """
-    if num_steps < 1:
-        raise SVGError(f"number of sampling steps must be at least 1, got {num_steps}")
+    check_int("num_steps", num_steps, at_least=1)
     null_class = model.null_class if null_class is None else null_class
     null_labels = torch.full_like(labels, null_class)
     optimized = guidance.mode == "cfg_zero_star" and guidance.optimized_scale

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from ..config import ConfigPath
 from ..errors import SVGError
 from ..training.distributed import all_reduce_
+from ..utils.checks import check_int, check_number
 from ..utils.files import atomic_path
 from ..utils.pretrained import read_format_file, read_state_file, write_json
 from .latents import LatentMoments, LatentStatistics
@@ -70,14 +71,14 @@ class LatentTransformConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"latent_transform.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.components is not None:
+            check_int("components", self.components, at_least=1)
+        if self.explained_variance is not None:
+            check_number("explained_variance", self.explained_variance, above=0, at_most=1)
         if self.components is not None and self.explained_variance is not None:
             raise ValueError("latent_transform: give components or explained_variance, not both")
         if self.kind == "per_channel" and (self.components is not None or self.explained_variance is not None):
             raise ValueError("latent_transform: components / explained_variance are options of kind 'pca'")
-        if self.components is not None and self.components < 1:
-            raise ValueError(f"latent_transform.components must be at least 1, got {self.components}")
-        if self.explained_variance is not None and not 0.0 < self.explained_variance <= 1.0:
-            raise ValueError(f"latent_transform.explained_variance must be in (0, 1], got {self.explained_variance}")
 
 
 class PCATransform:

@@ -50,8 +50,9 @@ class LatentStatistics:
         self.std = torch.as_tensor(self.std, dtype=torch.float32).flatten()
         if self.mean.shape != self.std.shape:
             raise SVGError(f"latent statistics: mean has {self.mean.numel()} channels, std {self.std.numel()}")
-        if not bool((self.std > 0).all()) or not bool(torch.isfinite(self.mean).all()):
-            raise SVGError("latent statistics: every std must be positive and every mean finite")
+        finite = bool(torch.isfinite(self.mean).all()) and bool(torch.isfinite(self.std).all())
+        if not finite or not bool((self.std > 0).all()):
+            raise SVGError("latent statistics: every mean and std must be finite and every std positive")
 
     kind = "per_channel"  # as a latent transform (diffusion/latent_transform.py): k = C
 

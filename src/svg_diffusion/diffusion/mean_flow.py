@@ -64,8 +64,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from ..errors import SVGError
+from ..utils.checks import check_interval, check_number
 from .flow import FlowMatchingConfig, interpolate, randn, sample_training_time
-from .guidance import combine_guidance
+from .guidance import check_guidance_scale, combine_guidance
 from .solvers import _check_grid, _time_batch
 
 # u(x, t, r): the average velocity from time t (where x is) to time r, both [B] float32.
@@ -92,18 +93,12 @@ class MeanFlowConfig:
     guidance_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.interval_fraction <= 1.0:
-            raise ValueError(f"interval_fraction must be in [0, 1], got {self.interval_fraction}")
-        if self.adaptive_weight_power < 0:
-            raise ValueError(f"adaptive_weight_power must be >= 0, got {self.adaptive_weight_power}")
-        if self.adaptive_weight_eps <= 0:
-            raise ValueError(f"adaptive_weight_eps must be positive, got {self.adaptive_weight_eps}")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        check_number("interval_fraction", self.interval_fraction, at_least=0, at_most=1)
+        check_number("adaptive_weight_power", self.adaptive_weight_power, at_least=0)
+        check_number("adaptive_weight_eps", self.adaptive_weight_eps, above=0)
+        check_guidance_scale("guidance_scale", self.guidance_scale)
         if self.guidance_range is not None:
-            lo, hi = self.guidance_range
-            if not 0.0 <= lo <= hi:
-                raise ValueError(f"guidance_range must satisfy 0 <= lo <= hi, got {self.guidance_range}")
+            check_interval("guidance_range", self.guidance_range, at_least=0)
             if self.guidance_scale != 1.0:
                 raise ValueError("guidance_scale (fixed w) and guidance_range (w as an input) exclude each other")
 

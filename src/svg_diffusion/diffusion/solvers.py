@@ -21,6 +21,7 @@ from numpy.polynomial import Polynomial
 from tqdm.auto import tqdm
 
 from ..errors import SVGError
+from ..utils.checks import check_int, check_number
 from .flow import randn, shift_time
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -32,10 +33,8 @@ def time_grid(num_steps: int, shift: float = 1.0, device: torch.device | str | N
     The paper samples with 25 steps and the public shift s = 0.15, i.e. ``time_grid(25, shift=1/0.15)``.
     The endpoints are exactly 0 and 1.
     """
-    if num_steps < 1:
-        raise SVGError(f"number of sampling steps must be at least 1, got {num_steps}")
-    if shift <= 0:
-        raise SVGError(f"sampling shift must be positive, got {shift}")
+    check_int("num_steps", num_steps, at_least=1)
+    check_number("shift", shift, above=0)
     grid = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)
     return shift_time(grid, shift).float().to(device)
 
@@ -221,6 +220,7 @@ def sample_euler_maruyama(velocity_fn: VelocityFn, noise: torch.Tensor, times: t
     steps = (times[1:] - times[:-1]).tolist()
     if last_step not in ("mean", "euler"):
         raise SVGError(f"unknown SDE last step {last_step!r} (known: mean, euler)")
+    check_number("diffusion_norm", diffusion_norm, at_least=0)
     x = noise
     last = len(steps) - 1
     for i in _steps(len(steps), progress, "euler-maruyama"):

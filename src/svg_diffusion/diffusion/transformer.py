@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..errors import SVGError
+from ..utils.checks import check_int, check_number
 from ..utils.pretrained import load_pretrained, stored_state, write_pretrained
 
 FORMAT = "svg-diffusion-dit"
@@ -68,12 +69,9 @@ class DiTConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "input_size", "patch_size", "hidden_size", "depth", "num_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+            check_int(name, getattr(self, name), at_least=1)
+        check_int("num_classes", self.num_classes, at_least=0)  # 0: unconditional
+        check_number("mlp_ratio", self.mlp_ratio, above=0)
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:

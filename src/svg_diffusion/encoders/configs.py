@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import SVGError
+from ..utils.checks import check_each, check_int, check_number
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,23 +73,27 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "num_heads", "patch_size", "image_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), at_least=1)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.position == "rope" and self.head_dim % 4:
             raise ValueError(f"RoPE needs a head dimension divisible by 4, got {self.head_dim}")
         if self.mask_k_bias and not self.qkv_bias:
             raise ValueError("mask_k_bias needs qkv_bias")
-        if self.num_storage_tokens < 0:
-            raise ValueError(f"num_storage_tokens must be >= 0, got {self.num_storage_tokens}")
+        check_int("num_storage_tokens", self.num_storage_tokens, at_least=0)
+        if self.layerscale_init is not None:  # None: no LayerScale
+            check_number("layerscale_init", self.layerscale_init)
+        check_number("norm_eps", self.norm_eps, above=0)
+        check_number("rope_base", self.rope_base, above=0)
+        check_number("pos_embed_interp_offset", self.pos_embed_interp_offset)
         if self.ffn_hidden_dim is None:
             mlp = self.ffn_layer == "mlp"
             self.ffn_hidden_dim = 4 * self.embed_dim if mlp else swiglu_hidden_dim(self.embed_dim, 4)
-        if self.ffn_hidden_dim <= 0:
-            raise ValueError(f"ffn_hidden_dim must be positive, got {self.ffn_hidden_dim}")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or any(s <= 0 for s in self.image_std):
-            raise ValueError(f"image_mean/image_std must be 3 values, std positive; got {self.image_mean}, {self.image_std}")
+        check_int("ffn_hidden_dim", self.ffn_hidden_dim, at_least=1)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError(f"image_mean/image_std must be 3 values each; got {self.image_mean}, {self.image_std}")
+        check_each(check_number, "image_mean", self.image_mean)
+        check_each(check_number, "image_std", self.image_std, above=0)
 
     @property
     def head_dim(self) -> int:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.checks import check_each, check_int, check_interval, check_number
+
 
 @dataclass
 class MultiCropConfig:
@@ -42,21 +44,17 @@ class MultiCropConfig:
     solarize_probability: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("global_crop_scale", "local_crop_scale", "blur_sigma"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {getattr(self, name)}")
-        for name in ("global_crop_scale", "local_crop_scale"):
-            if getattr(self, name)[1] > 1:
-                raise ValueError(f"{name} is a fraction of the image area: at most 1, got {getattr(self, name)}")
-        if self.global_crop_size < 1 or self.local_crop_size < 1 or self.local_crops < 0:
-            raise ValueError("crop sizes must be positive and local_crops non-negative")
-        probabilities = (self.jitter_probability, self.grayscale_probability, self.solarize_probability,
-                         *self.blur_probability)
-        if not all(0 <= p <= 1 for p in probabilities):
-            raise ValueError("probabilities must lie in [0, 1]")
-        if min(self.brightness, self.contrast, self.saturation) < 0:
-            raise ValueError("brightness, contrast and saturation strengths must be non-negative")
+        for name in ("global_crop_scale", "local_crop_scale"):  # fractions of the image area
+            check_interval(name, getattr(self, name), above=0, at_most=1)
+        check_interval("blur_sigma", self.blur_sigma, above=0)
+        check_int("global_crop_size", self.global_crop_size, at_least=1)
+        check_int("local_crop_size", self.local_crop_size, at_least=1)
+        check_int("local_crops", self.local_crops, at_least=0)
+        for name in ("jitter_probability", "grayscale_probability", "solarize_probability"):
+            check_number(name, getattr(self, name), at_least=0, at_most=1)
+        check_each(check_number, "blur_probability", self.blur_probability, at_least=0, at_most=1)
+        for name in ("brightness", "contrast", "saturation"):
+            check_number(name, getattr(self, name), at_least=0)
 
     @property
     def num_views(self) -> int:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..errors import SVGError
+from ..utils.checks import check_number
 from .inception import WEIGHTS_SHA1, quantize_to_uint8_levels
 from .sources import open_npz, save_npz
 
@@ -114,8 +115,7 @@ class FeatureCache:
 
     def prune(self, older_than_days: float = 0.0) -> list[CacheEntry]:
         """Delete the entries not used for more than ``older_than_days`` days (0: all); return them."""
-        if older_than_days < 0:
-            raise SVGError(f"--older-than must be at least 0 days, got {older_than_days:g}")
+        check_number("older_than_days", older_than_days, at_least=0)
         removed = [entry for entry in self.entries() if entry.idle_days > older_than_days]
         for entry in removed:
             entry.path.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import SVGError
+from ..utils.checks import check_int, check_number
 
 
 def public_time_grid(num_steps: int, public_shift: float) -> Tensor:
@@ -15,7 +15,7 @@ def public_time_grid(num_steps: int, public_shift: float) -> Tensor:
     Our :func:`~svg_diffusion.diffusion.time_grid` takes the linspace in float64; the two differ by at most
     one float32 ulp per point. Pass this grid to a sampler to reproduce the public one exactly.
     """
-    if num_steps < 1 or public_shift <= 0:
-        raise SVGError(f"need at least 1 step and a positive shift, got {num_steps} steps and shift {public_shift}")
+    check_int("num_steps", num_steps, at_least=1)
+    check_number("public_shift", public_shift, above=0)
     t = torch.linspace(0, 1, num_steps + 1, dtype=torch.float32).double()
     return (public_shift * t / (1 + (public_shift - 1) * t)).float()

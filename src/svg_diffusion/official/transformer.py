@@ -17,6 +17,7 @@ from torch import Tensor
 from ..config import from_dict, load_yaml
 from ..diffusion import DiT, DiTConfig
 from ..errors import SVGError
+from ..utils.checks import check_number
 from ..utils.pretrained import load_state_dict_strict
 from .files import load_public_file, section, tensor_dict
 
@@ -48,8 +49,8 @@ class PublicDiTParams:
             raise ValueError(f"patch_size must be 1 (one token per latent position), got {self.patch_size}")
         if self.use_swiglu:
             raise ValueError("use_swiglu (the public MoE MLP) is not supported")
-        if self.class_dropout_prob <= 0:
-            raise ValueError("class_dropout_prob 0 leaves the model without a null class for guidance")
+        # 0 would leave the model without a null class for guidance
+        check_number("class_dropout_prob", self.class_dropout_prob, above=0, at_most=1)
 
 
 def read_transformer_state(path: str | Path) -> dict[str, Tensor]:

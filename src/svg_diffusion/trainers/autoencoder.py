@@ -25,7 +25,6 @@ over the first training images): a decoder that tolerates the small errors of ge
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +43,7 @@ from ..errors import SVGError
 from ..evaluation.image_metrics import psnr
 from ..training import Engine, EngineConfig, StepContext, Trainer
 from ..training.distributed import barrier
+from ..utils.checks import check_each, check_int, check_number
 from ..utils.images import save_image_grid
 from ..utils.pretrained import load_state_dict_strict
 
@@ -60,10 +60,10 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.5, 0.9)
 
     def __post_init__(self):
-        if self.lr <= 0 or (self.disc_lr is not None and self.disc_lr <= 0):
-            raise ValueError(f"learning rates must be positive, got lr {self.lr} and disc_lr {self.disc_lr}")
-        if not all(0.0 <= beta < 1.0 for beta in self.betas):
-            raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
+        check_number("lr", self.lr, above=0)
+        if self.disc_lr is not None:  # null: the same as lr
+            check_number("disc_lr", self.disc_lr, above=0)
+        check_each(check_number, "betas", self.betas, at_least=0, below=1)
 
 
 @dataclass
@@ -95,18 +95,15 @@ class AutoencoderTrainConfig:
             raise ConfigError(f"model: expected a mapping, got {self.model!r}")
         if self.data.image_size != self.model.image_size:
             raise ValueError(f"data.image_size {self.data.image_size} differs from model.image_size {self.model.image_size}")
-        if self.preview_images < 1:
-            raise ValueError(f"preview_images must be at least 1, got {self.preview_images}")
+        check_int("preview_images", self.preview_images, at_least=1)
         if self.train_parts not in ("all", "decoder"):
             raise ValueError(f"train_parts must be 'all' or 'decoder', got {self.train_parts!r}")
-        if not (math.isfinite(self.latent_noise) and self.latent_noise >= 0):
-            raise ValueError(f"latent_noise must be a finite number >= 0, got {self.latent_noise}")
+        check_number("latent_noise", self.latent_noise, at_least=0)
         if self.latent_noise > 0 and self.train_parts != "decoder":
             raise ValueError("latent_noise needs train_parts: decoder (a trained encoder would learn to outgrow the noise)")
         if self.train_parts == "decoder" and (self.init_from is None or isinstance(self.model, VAEConfig)):
             raise ValueError("train_parts: decoder fine-tunes the decoder of a trained SVG autoencoder: set init_from")
-        if self.latent_noise_images < 2:
-            raise ValueError(f"latent_noise_images must be at least 2, got {self.latent_noise_images}")
+        check_int("latent_noise_images", self.latent_noise_images, at_least=2)
 
 
 class TrainedParts(nn.Module):

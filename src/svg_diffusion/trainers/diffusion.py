@@ -34,6 +34,7 @@ from ..autoencoder import Autoencoder, load_autoencoder
 from ..config import ConfigPath, PathOrName, from_dict, save_config, to_dict
 from ..data import DataConfig, build_dataset, random_hflip
 from ..diffusion.flow import FlowMatchingConfig, draw_flow_inputs, flow_matching_loss
+from ..diffusion.guidance import check_guidance_scale
 from ..diffusion.latent_transform import (
     LatentTransform, LatentTransformConfig, check_transform, fit_latent_transform, load_latent_transform,
     save_latent_transform, transform_from_state, transform_state,
@@ -48,6 +49,7 @@ from ..pipeline import STATS_FILE, TRANSFORM_FOLDER, SamplingDefaults, SVGPipeli
 from ..sample_writer import class_labels, write_samples
 from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, derive_seed
 from ..training.distributed import barrier, rank_and_world_size, setup_distributed
+from ..utils.checks import check_each, check_int, check_number
 
 PIPELINE_FOLDER = "pipeline"
 SAMPLES_FOLDER = "samples"
@@ -90,12 +92,9 @@ class AdamWConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not all(0.0 <= beta < 1.0 for beta in self.betas):
-            raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        check_number("lr", self.lr, above=0)
+        check_each(check_number, "betas", self.betas, at_least=0, below=1)
+        check_number("weight_decay", self.weight_decay, at_least=0)
 
 
 @dataclass
@@ -114,10 +113,13 @@ class PreviewConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.per_class < 1:
-            raise ValueError(f"per_class must be at least 1, got {self.per_class}")
-        if self.num_steps is not None and self.num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
+        if self.classes is not None:  # the upper bound is the model's number of classes, checked when drawing
+            check_each(check_int, "classes", self.classes, at_least=0)
+        check_int("per_class", self.per_class, at_least=1)
+        check_guidance_scale("guidance_scale", self.guidance_scale)
+        if self.num_steps is not None:
+            check_int("num_steps", self.num_steps, at_least=1)
+        check_int("seed", self.seed, at_least=0)
 
 
 @dataclass
@@ -152,10 +154,8 @@ class DiffusionTrainConfig:
     encode_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.encode_batch_size < 1:
-            raise ValueError(f"encode_batch_size must be at least 1, got {self.encode_batch_size}")
+        check_number("ema_decay", self.ema_decay, at_least=0, below=1)
+        check_int("encode_batch_size", self.encode_batch_size, at_least=1)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from ..encoders.patch_masks import blob_masks
 from ..encoders.vit import VisionTransformer
 from ..errors import SVGError
 from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, load_checkpoint
+from ..utils.checks import check_each, check_int, check_interval, check_number
 
 # ------------------------------------------------------------------------------------------------ config
 
@@ -115,22 +116,19 @@ class PretrainEncoderConfig:
             if getattr(self.crops, name) % patch:
                 raise ValueError(f"crops.{name} {getattr(self.crops, name)} is not a multiple of the patch size {patch}")
         for name in ("head_prototypes", "head_hidden_dim", "head_bottleneck_dim", "head_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), at_least=1)
         for name in ("lr", "student_temp", "warmup_teacher_temp", "teacher_temp"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            check_number(name, getattr(self, name), above=0)
+        check_each(check_number, "betas", self.betas, at_least=0, below=1)
         for name in ("teacher_momentum", "center_momentum"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("weight_decay", "weight_decay_end", "ibot_weight", "koleo_weight", "freeze_prototypes_steps",
-                     "teacher_temp_warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        if not 0 <= self.mask_probability <= 1:
-            raise ValueError(f"mask_probability must be in [0, 1], got {self.mask_probability}")
-        if not 0 <= self.mask_ratio[0] <= self.mask_ratio[1] <= 1:
-            raise ValueError(f"mask_ratio must be (low, high) with 0 <= low <= high <= 1, got {self.mask_ratio}")
+            check_number(name, getattr(self, name), at_least=0, below=1)
+        for name in ("weight_decay", "weight_decay_end", "ibot_weight", "koleo_weight"):
+            check_number(name, getattr(self, name), at_least=0)
+        for name in ("freeze_prototypes_steps", "teacher_temp_warmup_steps"):
+            check_int(name, getattr(self, name), at_least=0)
+        check_number("mask_probability", self.mask_probability, at_least=0, at_most=1)
+        check_interval("mask_ratio", self.mask_ratio, at_least=0, at_most=1)
+        check_number("collapse_threshold", self.collapse_threshold, at_least=0, at_most=1)
 
     def vit_config(self) -> ViTConfig:
         """The trained ViT's architecture, with the training attention implementation."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import ConfigPath
+from ..utils.checks import check_int, check_number
 
 
 @dataclass
@@ -55,19 +56,16 @@ class EngineConfig:
     def __post_init__(self):
         for name in ("max_steps", "global_batch_size", "grad_accum_steps", "log_every", "checkpoint_every",
                      "keep_last_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), at_least=1)
         for name in ("seed", "sample_every", "num_workers", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), at_least=0)
         if self.global_batch_size % self.grad_accum_steps:
             raise ValueError(
                 f"global_batch_size {self.global_batch_size} is not divisible by grad_accum_steps {self.grad_accum_steps}"
             )
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive (or null for no clipping), got {self.grad_clip}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None:  # null: no clipping
+            check_number("grad_clip", self.grad_clip, above=0)
+        check_number("min_lr_ratio", self.min_lr_ratio, at_least=0, at_most=1)
 
     def lr_multiplier(self, step: int) -> float:
         """The factor applied to every optimizer's base lr at ``step`` (counted from 0): warmup, then the schedule."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import SVGError
+from ..utils.checks import check_number
 from .distributed import unwrap
 
 
@@ -27,9 +28,7 @@ class EMA:
     """
 
     def __init__(self, module: nn.Module, decay: float, warmup: bool = False):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay = check_number("EMA decay", decay, at_least=0, below=1)
         self.warmup = warmup
         self.num_updates = 0
         self.shadow = {
