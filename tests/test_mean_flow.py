@@ -363,6 +363,15 @@ def test_guided_average_velocity_and_the_steps_it_takes():
         mean_flow_sample(recording, x, torch.tensor([0.0, 0.5]))
 
 
+def test_a_latent_that_turns_nan_stops_mean_flow_sampling_at_its_step():
+    def average_velocity(x, t, r):  # finite, except in the second step
+        return torch.full_like(x, float("nan") if t[0] == times[1] else 1.0)
+
+    times = time_grid(3, shift=2.0)
+    with pytest.raises(SVGError, match=r"NaN or infinite after step 2 of 3 \(t = "):
+        mean_flow_sample(average_velocity, torch.zeros(2, 4), times)
+
+
 def test_loss_runs_through_distributed_data_parallel(tmp_path):
     # Forward-mode AD with dual tensors passes through DDP's forward (torch.func.jvp's wrapped tensors do not).
     import torch.distributed as dist

@@ -109,6 +109,13 @@ def test_autoencoder_only_pipeline(tmp_path):
         loaded([0])
 
 
+def test_a_diverging_sample_is_an_error_not_a_picture(pipe):
+    noise = torch.randn(pipe.noise_shape(2), generator=torch.Generator().manual_seed(0))
+    noise[1, 0, 0, 0] = float("inf")
+    with pytest.raises(SVGError, match="sampling diverged: the latent is NaN or infinite after step 1 of 4"):
+        pipe([0, 1], latents=noise)
+
+
 def test_missing_or_foreign_folders_are_clear_errors(tmp_path, pipe):
     with pytest.raises(SVGError, match="model_index.json is missing"):
         SVGPipeline.from_pretrained(tmp_path)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from svg_diffusion.diffusion import (
+    SAMPLERS,
     DiT,
     DiTConfig,
     GuidanceConfig,
@@ -91,6 +92,21 @@ def test_sde_sampler_is_reproducible_from_its_generator():
         assert torch.isfinite(run(5, **kwargs)).all()
     with pytest.raises(SVGError, match="infinite at t = 0"):
         run(5, diffusion="sbdm")
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_a_latent_that_turns_nan_stops_sampling_at_its_step(name):
+    def velocity(x, t, step):  # the analytic flow until the third step, whose velocity has a NaN
+        v = gaussian_velocity(x, t, step)
+        if step == 2:
+            v[1, 0] = float("nan")
+        return v
+
+    times = time_grid(5, shift=2.0)
+    extra = {"generator": torch.Generator().manual_seed(0)} if name == "euler_maruyama" else {}
+    with pytest.raises(SVGError) as error:
+        get_sampler(name)(velocity, torch.zeros(2, 1, dtype=torch.float64), times, **extra)
+    assert f"NaN or infinite after step 3 of 5 (t = {times[2]:.4g} -> {times[3]:.4g})" in str(error.value)
 
 
 def test_sampler_arguments_are_checked():

@@ -67,7 +67,7 @@ from ..errors import SVGError
 from ..utils.checks import check_interval, check_number
 from .flow import FlowMatchingConfig, interpolate, randn, sample_training_time
 from .guidance import check_guidance_scale, combine_guidance
-from .solvers import _check_grid, _time_batch
+from .solvers import _check_finite, _check_grid, _time_batch
 
 # u(x, t, r): the average velocity from time t (where x is) to time r, both [B] float32.
 AverageVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -247,6 +247,7 @@ def mean_flow_sample(average_velocity: AverageVelocityFn, noise: torch.Tensor, t
     x = noise
     for i in tqdm(range(len(steps)), desc="mean flow", disable=not progress, leave=False):
         x = x + steps[i] * average_velocity(x, _time_batch(x, grid[i]), _time_batch(x, grid[i + 1]))
+        _check_finite(x, i, grid)
     return x
 
 
