@@ -10,6 +10,9 @@ ranks agree on two flags in one all-reduce: was a loss NaN/inf anywhere (stop wi
 step and the last good checkpoint, saving nothing) and was the run interrupted (Ctrl-C or SIGTERM: finish
 the step, save a checkpoint, raise KeyboardInterrupt). Then hooks, logging and checkpoints as configured.
 
+Progress: a tqdm bar on a terminal. When stdout is not a terminal (nohup, SLURM, CI logs), where tqdm
+switches itself off, rank 0 prints one plain, flushed line per log record instead (:func:`progress_line`).
+
 Exact resume: a checkpoint holds the trainable modules, the optimizers, the trainer's extra state, the step
 and the config. Nothing else is needed, because the data order and every random draw are pure functions of
 (seed, step): a run interrupted and resumed on the CPU ends with bit-identical weights.
@@ -17,7 +20,9 @@ and the config. Nothing else is needed, because the data order and every random 
 
 from __future__ import annotations
 
+import datetime
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -123,6 +128,7 @@ class Engine:
         batches = iter(loader)
         progress = tqdm(total=config.max_steps, initial=start, desc="train", dynamic_ncols=True,
                         disable=None if self.is_main else True)
+        plain_lines = self.is_main and not sys.stdout.isatty()  # a log file gets lines instead of the bar
         window_start, window_steps = time.perf_counter(), 0
         try:
             with _deferred_interrupts() as interrupt:
@@ -154,6 +160,8 @@ class Engine:
                         record["steps_per_sec"] = window_steps / (time.perf_counter() - window_start)
                         window_start, window_steps = time.perf_counter(), 0
                         records.write(record)
+                        if plain_lines:
+                            print(progress_line(record, config.max_steps, config.global_batch_size), flush=True)
                         progress.set_postfix({k: f"{v:.4g}" for k, v in record.items() if "loss" in k}, refresh=False)
                     if save:
                         last_checkpoint = self._save(trainer, modules, optimizers, done)
@@ -235,6 +243,19 @@ class Engine:
             prune_checkpoints(self.config.out_dir, self.config.keep_last_checkpoints)
         barrier()  # no rank exits (e.g. after an interrupt) while rank 0 is still writing
         return path
+
+
+def progress_line(record: dict, max_steps: int, global_batch_size: int) -> str:
+    """A metrics record as one plain line: step/total, losses, learning rates, images/s and the ETA at the
+    rate measured since the previous record, e.g.
+    ``step 200/1000  loss 0.4123  lr/model 0.0001  512.0 img/s  ETA 0:00:25``."""
+    rate = record["steps_per_sec"]
+    remaining = datetime.timedelta(seconds=round((max_steps - record["step"]) / rate))
+    parts = [f"step {record['step']}/{max_steps}"]
+    parts += [f"{name} {value:.4g}" for name, value in record.items() if "loss" in name]
+    parts += [f"{name} {value:.4g}" for name, value in record.items() if name.startswith("lr/")]
+    parts += [f"{rate * global_batch_size:.1f} img/s", f"ETA {remaining}"]
+    return "  ".join(parts)
 
 
 def _nonfinite_message(step: int, last_checkpoint: Path | None) -> str:
