@@ -1,5 +1,6 @@
 """The training engine in one process: exact resume, accumulation, NaN stop, atomic checkpoints, metrics, EMA."""
 
+import argparse
 import math
 import re
 import signal
@@ -143,8 +144,13 @@ def test_checkpoint_format_errors_name_the_problem(tmp_path):
         save_checkpoint({"trainer": {"sampler": object()}}, tmp_path / "a.pt")
     assert not (tmp_path / "a.pt").exists()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SVGError, match="junk.pt cannot be read"):
+    with pytest.raises(SVGError, match="junk.pt: not a readable PyTorch file"):
         load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"step": 3, "args": argparse.Namespace(lr=0.1)}, tmp_path / "pickled.pt")  # torch.save takes any object
+    with pytest.raises(SVGError, match=r"pickled.pt: refused: loading this file needs code execution \(it holds a "
+                                       r"pickled 'argparse.Namespace', not only tensors\)") as error:
+        load_checkpoint(tmp_path / "pickled.pt")
+    assert "weights_only" not in str(error.value)
 
 
 def test_ema_math_and_state():

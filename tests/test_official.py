@@ -275,13 +275,31 @@ def test_yaml_mistakes_are_named(public, tmp_path):
 
 def test_unreadable_and_unsafe_files_are_refused(public, tmp_path):
     assert "not found" in convert_error(public, tmp_path, autoencoder="absent.ckpt")
-    unsafe = {**lightning_checkpoint(public.ae_state), "hyper_parameters": argparse.Namespace(lr=1e-4)}
-    public.write("unsafe.ckpt", unsafe)
-    assert "argparse.Namespace" in convert_error(public, tmp_path, autoencoder="unsafe.ckpt")
+    (public.folder / "junk.ckpt").write_bytes(b"not a pickle")
+    assert convert_error(public, tmp_path, autoencoder="junk.ckpt").endswith(
+        "junk.ckpt: not a readable PyTorch file (damaged, or not written by torch.save)")
     public.write("few_stats.pt", {k: v[..., :10] for k, v in public.stats.items()})
     assert "statistics of 10 channels for a 72-channel latent" in convert_error(
         public, tmp_path, stats="few_stats.pt")
     assert "pass --stats" in convert_error(public, tmp_path, stats=None)
+
+
+def test_a_checkpoint_that_needs_code_execution_is_refused_unless_trusted(public, converted, tmp_path, capsys):
+    # A Lightning checkpoint with pickled hyper-parameters: torch.load(weights_only=True) refuses it.
+    public.write("pickled.ckpt", {**lightning_checkpoint(public.ae_state), "hyper_parameters": argparse.Namespace(lr=1e-4)})
+    assert main(public.args(tmp_path / "refused", autoencoder="pickled.ckpt")) == 2
+    error = capsys.readouterr().err
+    assert error.splitlines() == [
+        f"svg-diffusion convert-official: error: {public.folder / 'pickled.ckpt'}: refused: loading this file needs "
+        "code execution (it holds a pickled 'argparse.Namespace', not only tensors). Safe ways on: convert the public "
+        "SVG checkpoints with `svg-diffusion convert-official`, adding --trust-pickle (Python: trust_pickle=True) "
+        "only for a file you trust; re-save another trusted file's tensors alone (torch.save(model.state_dict()))"]
+    assert "weights_only" not in error and not (tmp_path / "refused").exists()  # none of torch's retry advice
+
+    assert main(public.args(tmp_path / "trusted", autoencoder="pickled.ckpt") + ["--trust-pickle"]) == 0
+    trusted = SVGPipeline.from_pretrained(tmp_path / "trusted").autoencoder.state_dict()
+    safe = converted.autoencoder.state_dict()  # of the same weights without the pickled object
+    assert trusted.keys() == safe.keys() and all(torch.equal(trusted[k], safe[k]) for k in safe)
 
 
 def test_cli_reports_one_line_and_exit_2(public, tmp_path, capsys):

@@ -153,13 +153,16 @@ def add_convert_official(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transformer-config", default=None, help="the transformer's YAML (heads, feature_norm)")
     p.add_argument("--stats", default=None, help="dinov3_sp_stats.pt (the latent mean/std)")
     p.add_argument("--out", required=True, help="pipeline folder to create (must not exist or be empty)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also load checkpoints that hold pickled objects besides tensors (this runs code from the "
+                        "files: only for files from a source you trust)")
 
     def run(args: argparse.Namespace) -> None:
         from .official import convert_official
 
         print(convert_official(args.autoencoder, args.autoencoder_config, args.out, dinov3=args.dinov3,
                                transformer=args.transformer, transformer_config=args.transformer_config,
-                               stats=args.stats))
+                               stats=args.stats, trust_pickle=args.trust_pickle))
 
     p.set_defaults(handler=run)
 

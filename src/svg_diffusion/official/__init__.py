@@ -3,8 +3,9 @@
 The public code (github shiml20/SVG, weights on the Hugging Face repo howlin/SVG) ships four kinds of file
 (the table in docs/official.md, "The files"), one reader each: ``autoencoder`` (the Lightning checkpoint +
 its YAML), ``transformer`` (the DiT + its YAML), ``latent_stats`` (``dinov3_sp_stats.pt``) and Meta's DINOv3
-``.pth``, which ``svg_diffusion.encoders`` reads. ``files`` opens them with ``torch.load(weights_only=True)``
-only, so no file can run code; ``convert`` writes the pipeline folder.
+``.pth``, which ``svg_diffusion.encoders`` reads. ``files`` opens them with ``torch.load(weights_only=True)``,
+so no file can run code, unless the user opts in with ``trust_pickle=True`` (``--trust-pickle``) for files
+holding other pickled objects; ``convert`` writes the pipeline folder.
 
 Every key is accounted for: a key we do not know, a key the architecture needs but the file lacks, or a
 shape that does not fit the YAML raises SVGError naming the keys in the public file's own names.

@@ -99,9 +99,9 @@ class PublicDinoConfig:
     weights: str | None = None
 
 
-def read_autoencoder_state(path: str | Path) -> dict[str, Tensor]:
+def read_autoencoder_state(path: str | Path, trust_pickle: bool = False) -> dict[str, Tensor]:
     """The state dict of a public autoencoder: a Lightning checkpoint's ``state_dict``, or a bare state dict."""
-    data = load_public_file(path, "autoencoder checkpoint")
+    data = load_public_file(path, "autoencoder checkpoint", trust_pickle)
     if isinstance(data, dict) and "state_dict" in data:
         data = data["state_dict"]
     return tensor_dict(data, path, "a Lightning checkpoint with a 'state_dict', or a state dict of tensors")
@@ -176,11 +176,11 @@ def _effective(state: dict[str, Tensor], key: str, value: Tensor) -> Tensor:
     return value.float() if mask is None else value.float() * mask.float()
 
 
-def autoencoder_from_public(checkpoint: str | Path, config_path: str | Path,
-                            dinov3: str | Path | None = None) -> SVGAutoencoder:
+def autoencoder_from_public(checkpoint: str | Path, config_path: str | Path, dinov3: str | Path | None = None,
+                            trust_pickle: bool = False) -> SVGAutoencoder:
     """Our SVGAutoencoder (eval mode) with the weights of a public autoencoder checkpoint + YAML."""
     source, where = str(checkpoint), str(config_path)
-    state = read_autoencoder_state(checkpoint)
+    state = read_autoencoder_state(checkpoint, trust_pickle)
     config = autoencoder_config_from_public(load_yaml(config_path), state, where, source)
     encoder_state = {k.removeprefix(ENCODER_PREFIX): v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     model = SVGAutoencoder(config, _frozen_encoder(config.encoder, encoder_state, dinov3, source))

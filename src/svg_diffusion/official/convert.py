@@ -20,7 +20,8 @@ from .transformer import transformer_from_public
 
 def convert_official(autoencoder: str | Path, autoencoder_config: str | Path, out: str | Path,
                      dinov3: str | Path | None = None, transformer: str | Path | None = None,
-                     transformer_config: str | Path | None = None, stats: str | Path | None = None) -> Path:
+                     transformer_config: str | Path | None = None, stats: str | Path | None = None,
+                     trust_pickle: bool = False) -> Path:
     """Convert the public SVG files into one pipeline folder ``out`` and return its path.
 
     ``autoencoder`` + ``autoencoder_config``: the Lightning checkpoint and its YAML (required). ``dinov3``:
@@ -28,6 +29,8 @@ def convert_official(autoencoder: str | Path, autoencoder_config: str | Path, ou
     copy, and checked against it otherwise. ``transformer`` (+ optional ``transformer_config``) and
     ``stats``: the diffusion model and ``dinov3_sp_stats.pt``; without them the folder is an
     autoencoder-only pipeline. ``out`` must not exist or be empty; it appears complete or not at all.
+    ``trust_pickle``: also load public files that hold other pickled objects than tensors (e.g. a Lightning
+    checkpoint's hyper-parameters), which runs code from them: only for files from a source you trust.
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -35,16 +38,16 @@ def convert_official(autoencoder: str | Path, autoencoder_config: str | Path, ou
     if transformer is None and (transformer_config is not None or stats is not None):
         raise SVGError("--transformer-config and --stats belong to a transformer: pass --transformer too")
 
-    ae = autoencoder_from_public(autoencoder, autoencoder_config, dinov3)
+    ae = autoencoder_from_public(autoencoder, autoencoder_config, dinov3, trust_pickle)
     dit = latent_stats = None
     if transformer is not None:
-        dit, feature_norm = transformer_from_public(transformer, transformer_config)
+        dit, feature_norm = transformer_from_public(transformer, transformer_config, trust_pickle)
         if feature_norm is None:  # no YAML: statistics given means the model was trained on normalized latents
             feature_norm = stats is not None
         if feature_norm and stats is None:
             raise SVGError(f"{transformer_config} trains on normalized latents (basic.feature_norm): pass --stats")
         if feature_norm:
-            latent_stats = read_public_stats(stats, ae.latent_channels)
+            latent_stats = read_public_stats(stats, ae.latent_channels, trust_pickle)
         else:
             if stats is not None:
                 warnings.warn(f"{transformer_config} has basic.feature_norm false: {stats} is not used", stacklevel=2)

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..errors import SVGError
+from ..utils.pretrained import load_torch_file
 
 
-def load_public_file(path: str | Path, what: str) -> Any:
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary objects."""
+def load_public_file(path: str | Path, what: str, trust_pickle: bool = False) -> Any:
+    """The content of a public ``.ckpt``/``.pt`` file: tensors and plain containers only, unless ``trust_pickle``
+    (see :func:`~svg_diffusion.utils.pretrained.load_torch_file`)."""
     path = Path(path)
     if not path.is_file():
         raise SVGError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if unsafe:
-            raise SVGError(f"{path}: holds a {unsafe[1]!r} object, which only an unsafe (code-running) load could "
-                           "read; save its state dict alone with torch.save where you trust the file") from None
-        raise SVGError(f"{path}: not a readable PyTorch file") from None
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise SVGError(f"{path}: not a readable PyTorch file ({str(err).splitlines()[0]})") from None
+    return load_torch_file(path, trust_pickle)
 
 
 def tensor_dict(value: Any, path: str | Path, what: str) -> dict[str, Tensor]:

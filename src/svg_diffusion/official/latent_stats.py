@@ -13,9 +13,9 @@ from .files import load_public_file
 PUBLIC_STATS_KEYS = ("dinov3_sp_mean", "dinov3_sp_std")
 
 
-def read_public_stats(path: str | Path, channels: int) -> LatentStatistics:
+def read_public_stats(path: str | Path, channels: int, trust_pickle: bool = False) -> LatentStatistics:
     """``dinov3_sp_stats.pt`` as LatentStatistics of its first ``channels`` channels (as the public code slices)."""
-    data = load_public_file(path, "statistics file")
+    data = load_public_file(path, "statistics file", trust_pickle)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), Tensor) for k in PUBLIC_STATS_KEYS):
         raise SVGError(f"{path}: expected a dict with tensors {' and '.join(PUBLIC_STATS_KEYS)}")
     mean, std = (data[k].float().flatten() for k in PUBLIC_STATS_KEYS)

@@ -53,12 +53,12 @@ class PublicDiTParams:
         check_number("class_dropout_prob", self.class_dropout_prob, above=0, at_most=1)
 
 
-def read_transformer_state(path: str | Path) -> dict[str, Tensor]:
+def read_transformer_state(path: str | Path, trust_pickle: bool = False) -> dict[str, Tensor]:
     """A public transformer's weights: the EMA of ``{"ema": ...}``, else ``{"model": ...}``, else the file itself.
 
     A ``module.`` prefix on every key (a model saved from inside DistributedDataParallel) is removed.
     """
-    data = load_public_file(path, "transformer checkpoint")
+    data = load_public_file(path, "transformer checkpoint", trust_pickle)
     if isinstance(data, dict):
         data = data.get("ema", data.get("model", data))
     state = tensor_dict(data, path, "{'ema': state_dict}, {'model': state_dict} or a state dict of tensors")
@@ -108,11 +108,12 @@ def transformer_config_from_public(state: dict[str, Tensor], params: PublicDiTPa
     return config, found["learn_sigma"]
 
 
-def transformer_from_public(checkpoint: str | Path, config_path: str | Path | None = None) -> tuple[DiT, bool | None]:
+def transformer_from_public(checkpoint: str | Path, config_path: str | Path | None = None,
+                            trust_pickle: bool = False) -> tuple[DiT, bool | None]:
     """Our DiT (eval mode) with a public transformer's weights, and its YAML's ``basic.feature_norm``
     (whether it was trained on normalized latents; None without a YAML)."""
     source = str(checkpoint)
-    state = read_transformer_state(checkpoint)
+    state = read_transformer_state(checkpoint, trust_pickle)
     if config_path is None:
         where, params, feature_norm = source, PublicDiTParams(), None
     else:

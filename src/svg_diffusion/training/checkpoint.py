@@ -10,7 +10,6 @@ containers of numbers and strings; ``save_checkpoint`` rejects anything else by 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from ..errors import SVGError
 from ..utils.files import atomic_path
+from ..utils.pretrained import load_torch_file
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = re.compile(r"step_(\d{8})\.pt")
@@ -78,11 +78,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SVGError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SVGError(f"checkpoint {path} cannot be read ({reason})") from None
+    return load_torch_file(path)
 
 
 def prune_checkpoints(out_dir: str | Path, keep: int) -> None:

@@ -3,11 +3,16 @@
 A model folder holds ``config.json`` = ``{"format": <name>, "config": <dataclass as a dict>, ...extra}`` and
 ``model.safetensors`` (its state dict). Both are written atomically, so a crash never leaves a half-written
 model; reading checks the format name first, so handing one kind of folder to another loader fails by name.
+
+Every PyTorch (pickle) file the package reads goes through :func:`load_torch_file`, which never runs code
+from the file unless the caller opts in.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,9 +30,38 @@ WEIGHTS_FILE = "model.safetensors"
 T = TypeVar("T")
 M = TypeVar("M", bound=torch.nn.Module)
 
+# torch's weights-only unpickler names the first object it refuses to rebuild, e.g. "argparse.Namespace".
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_torch_file(path: str | Path, trust_pickle: bool = False) -> Any:
+    """``torch.load(path)`` on the CPU that runs no code from the file unless ``trust_pickle``.
+
+    A pickle can hold any object, and rebuilding one runs code that the file names: ``weights_only=True``
+    rebuilds only tensors and plain containers and refuses the rest. A refused file (a Lightning checkpoint's
+    pickled hyper-parameters, a whole pickled model) raises an SVGError that says so and names the safe ways
+    on, never torch's advice to retry with ``weights_only=False``. ``trust_pickle=True`` is that retry, for a
+    file whose source the user trusts. A damaged file raises SVGError too.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused is None:  # the weights-only unpickler stops at an "unsupported operand" of junk or a plain pickle
+            raise SVGError(f"{path}: not a readable PyTorch file (damaged, or not written by torch.save)") from None
+        raise SVGError(
+            f"{path}: refused: loading this file needs code execution (it holds a pickled {refused[1]!r}, not "
+            "only tensors). Safe ways on: convert the public SVG checkpoints with `svg-diffusion convert-official`, "
+            "adding --trust-pickle (Python: trust_pickle=True) only for a file you trust; re-save another trusted "
+            "file's tensors alone (torch.save(model.state_dict()))"
+        ) from None
+    except Exception as err:  # torch raises many types for a damaged file (RuntimeError, EOFError, ...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SVGError(f"{path}: not a readable PyTorch file ({reason})") from None
+
 
 def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file or of a ``.pth``/``.pt`` flat state dict (loaded with weights_only)."""
+    """Tensors of a ``.safetensors`` file or of a ``.pth``/``.pt`` flat state dict (see :func:`load_torch_file`)."""
     path = Path(path)
     if not path.is_file():
         raise SVGError(f"weights file not found: {path}")
@@ -36,10 +70,7 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         except (SafetensorError, OSError) as err:
             raise SVGError(f"{path}: not a readable safetensors file ({err})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or unsafe pickle
-        raise SVGError(f"{path}: not a readable PyTorch weights file ({str(err).splitlines()[0]})") from None
+    state = load_torch_file(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SVGError(f"{path}: expected a flat state dict of tensors")
     return state
