@@ -172,7 +172,8 @@ def test_every_number_a_user_gives_is_checked(case):
 @pytest.mark.parametrize("flag, value, error", [
     ("--cfg", "nan", "--cfg must be a finite number >= 0, got nan"),
     ("--cfg", "inf", "--cfg must be a finite number >= 0, got inf"),
-    ("--sampler", "ddpm", "unknown sampler 'ddpm' (known: euler, heun, adams_bashforth, dpm_solver_2m, euler_maruyama)"),
+    ("--sampler", "ddpm", "unknown sampler 'ddpm' (known: euler, heun, adams_bashforth, dpm_solver_2m, euler_maruyama,"
+     " mean_flow)"),
 ])
 def test_sample_fails_before_loading_with_one_line_and_no_progress_bar(tmp_path, flag, value, error):
     out = tmp_path / "grid.png"

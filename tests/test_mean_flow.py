@@ -16,10 +16,10 @@ from svg_diffusion.diffusion.mean_flow import (
     draw_mean_flow_inputs,
     guided_average_velocity,
     mean_flow_loss,
-    mean_flow_sample,
     mean_flow_target,
     total_derivative,
 )
+from svg_diffusion.diffusion.solvers import mean_flow_sample
 from svg_diffusion.diffusion.transformer import warm_start_mean_flow
 from svg_diffusion.errors import SVGError
 

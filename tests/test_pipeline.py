@@ -8,7 +8,10 @@ import torch
 from PIL import Image
 
 from svg_diffusion.data import FashionMNIST
-from svg_diffusion.diffusion import DiT, DiTConfig, GuidanceConfig, guided_velocity, sample_euler, time_grid
+from svg_diffusion.config import to_dict
+from svg_diffusion.diffusion import (
+    DiT, DiTConfig, GuidanceConfig, guided_average_velocity, guided_velocity, mean_flow_sample, sample_euler, time_grid,
+)
 from svg_diffusion.diffusion.latents import LatentStatistics
 from svg_diffusion.errors import SVGError
 from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
@@ -16,8 +19,7 @@ from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
 from test_autoencoder_model import calibrated, tiny_autoencoder
 
 
-
-def tiny_pipeline(num_classes: int = 10) -> SVGPipeline:
+def tiny_pipeline(num_classes: int = 10, sampling: SamplingDefaults | None = None, **dit_options) -> SVGPipeline:
     images = FashionMNIST("test", limit=16)
     batch = torch.stack([images[i][0] for i in range(16)])
     autoencoder = calibrated(tiny_autoencoder(), batch)
@@ -25,13 +27,13 @@ def tiny_pipeline(num_classes: int = 10) -> SVGPipeline:
     stats = LatentStatistics(latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3)))
     torch.manual_seed(0)
     transformer = DiT(DiTConfig(in_channels=autoencoder.latent_channels, input_size=autoencoder.latent_size,
-                                hidden_size=32, depth=2, num_heads=2, num_classes=num_classes))
+                                hidden_size=32, depth=2, num_heads=2, num_classes=num_classes, **dit_options))
     # adaLN-Zero starts as the zero velocity: perturb every weight so sampling depends on the labels.
     with torch.no_grad():
         for p in transformer.parameters():
             p.add_(0.05 * torch.randn_like(p))
     names = [f"class {i}" for i in range(num_classes)]
-    return SVGPipeline(autoencoder, transformer, stats, names, SamplingDefaults(num_steps=4, shift=2.0))
+    return SVGPipeline(autoencoder, transformer, stats, names, sampling or SamplingDefaults(num_steps=4, shift=2.0))
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,56 @@ def test_missing_or_foreign_folders_are_clear_errors(tmp_path, pipe):
     pipe.transformer.save_pretrained(tmp_path / "dit")
     with pytest.raises(SVGError, match="expected format 'svg-diffusion-autoencoder'"):
         pipe.autoencoder.from_pretrained(tmp_path / "dit")
+
+
+# ----------------------------------------------------------------------------------------- MeanFlow
+
+
+@pytest.fixture(scope="module")
+def mean_flow_pipe() -> SVGPipeline:
+    """A MeanFlow transformer with the guidance input that defaults to two mean_flow steps."""
+    sampling = SamplingDefaults(num_steps=2, sampler="mean_flow", shift=2.0, guidance=GuidanceConfig(scale=2.0))
+    return tiny_pipeline(sampling=sampling, interval_input=True, guidance_input=True)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_mean_flow_sampler_takes_the_documented_steps(mean_flow_pipe, steps):
+    pipe = mean_flow_pipe
+    noise = torch.randn(pipe.noise_shape(3), generator=torch.Generator().manual_seed(5))
+    latent = pipe([0, 4, 9], latents=noise, num_steps=steps, guidance_scale=3.0, output_type="latent")
+    average_velocity = guided_average_velocity(pipe.transformer, torch.tensor([0, 4, 9]), guidance_scale=3.0)
+    expected = pipe.latent_stats.denormalize(mean_flow_sample(average_velocity, noise, time_grid(steps, 2.0)))
+    torch.testing.assert_close(latent, expected, rtol=0, atol=0)
+    # the pipeline's defaults: two mean_flow steps at guidance 2
+    default = pipe([0, 4, 9], latents=noise, output_type="latent")
+    explicit = pipe([0, 4, 9], latents=noise, sampler="mean_flow", num_steps=2, guidance_scale=2.0, output_type="latent")
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    # a MeanFlow transformer is a velocity model at r = t: the ODE samplers run it too
+    assert pipe.samplers == ["euler", "heun", "adams_bashforth", "dpm_solver_2m", "euler_maruyama", "mean_flow"]
+    assert pipe([0], latents=noise[:1], sampler="euler", output_type="latent").shape == (1, *pipe.noise_shape(1)[1:])
+
+
+def test_mean_flow_needs_a_mean_flow_transformer_and_constant_guidance(pipe, mean_flow_pipe, tmp_path):
+    assert "mean_flow" not in pipe.samplers
+    with pytest.raises(SVGError, match="sampler 'mean_flow' needs a MeanFlow transformer .* use one of euler, heun"):
+        pipe([0], sampler="mean_flow", num_steps=1)
+    with pytest.raises(SVGError, match="sampler 'mean_flow' needs a MeanFlow transformer"):  # as a folder's default
+        SVGPipeline(pipe.autoencoder, pipe.transformer, pipe.latent_transform, pipe.class_names,
+                    SamplingDefaults(sampler="mean_flow", guidance=GuidanceConfig(scale=1.0)))
+    with pytest.raises(SVGError, match="takes a constant guidance scale"):
+        mean_flow_pipe([0], guidance=GuidanceConfig(scale=2.0, mode="late"))
+    no_guidance_input = tiny_pipeline(interval_input=True)
+    with pytest.raises(SVGError, match="guidance scale 1.5: this MeanFlow model has no guidance input"):
+        no_guidance_input([0], sampler="mean_flow")  # the default guidance, 1.5
+    assert no_guidance_input([0], sampler="mean_flow", guidance_scale=1.0, output_type="np").shape == (1, 32, 32, 3)
+
+
+def test_a_mean_flow_pipeline_saves_and_loads(mean_flow_pipe, tmp_path):
+    folder = mean_flow_pipe.save_pretrained(tmp_path / "pipe")
+    loaded = SVGPipeline.from_pretrained(folder)
+    assert to_dict(loaded.sampling) == to_dict(mean_flow_pipe.sampling) and loaded.sampling.sampler == "mean_flow"
+    assert loaded.transformer.config == mean_flow_pipe.transformer.config
+    noise = torch.randn(loaded.noise_shape(2), generator=torch.Generator().manual_seed(6))
+    for steps in (1, 2):
+        torch.testing.assert_close(loaded([2, 6], latents=noise, num_steps=steps, output_type="pt"),
+                                   mean_flow_pipe([2, 6], latents=noise, num_steps=steps, output_type="pt"), rtol=0, atol=0)

@@ -36,10 +36,14 @@ from PIL import Image
 
 from .autoencoder import Autoencoder, load_autoencoder
 from .config import from_dict, to_dict
-from .diffusion import DiT, GuidanceConfig, get_sampler, guided_velocity, time_grid
+from .diffusion import (
+    AVERAGE_VELOCITY_SAMPLERS, SAMPLERS, DiT, DiTConfig, GuidanceConfig, get_sampler, guided_average_velocity,
+    guided_velocity, time_grid,
+)
 from .diffusion.guidance import check_guidance_scale
 from .diffusion.latent_transform import LatentTransform, load_latent_transform
 from .diffusion.latents import LatentStatistics
+from .diffusion.mean_flow import check_sampling_guidance
 from .errors import SVGError
 from .utils.checks import check_int, check_number
 from .utils.images import to_pil, to_uint8
@@ -59,7 +63,11 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 @dataclass
 class SamplingDefaults:
-    """The sampler settings a pipeline uses when a call does not name them (the paper's, by default)."""
+    """The sampler settings a pipeline uses when a call does not name them (the paper's, by default).
+
+    ``sampler`` is the default one; which samplers a pipeline runs at all follows from its transformer
+    (:attr:`SVGPipeline.samplers`). A MeanFlow pipeline's default is ``mean_flow`` with a step or two.
+    """
 
     num_steps: int = 25
     sampler: str = "euler"
@@ -70,6 +78,26 @@ class SamplingDefaults:
         check_int("num_steps", self.num_steps, at_least=1)
         check_number("shift", self.shift, above=0)
         get_sampler(self.sampler)  # an unknown name fails here, not at the first call
+
+
+def transformer_samplers(config: DiTConfig) -> list[str]:
+    """The samplers a transformer of ``config`` runs: every velocity sampler, and ``mean_flow`` when it predicts
+    average velocities (a MeanFlow DiT, ``interval_input``; at r = t it is a velocity model too)."""
+    return [name for name in SAMPLERS if name not in AVERAGE_VELOCITY_SAMPLERS or config.interval_input]
+
+
+def check_sampler(config: DiTConfig, sampler: str, guidance: GuidanceConfig) -> None:
+    """A clear error unless a transformer of ``config`` can sample with ``sampler`` and ``guidance``."""
+    get_sampler(sampler)  # an unknown name
+    runs = transformer_samplers(config)
+    if sampler not in runs:
+        raise SVGError(f"sampler {sampler!r} needs a MeanFlow transformer (DiTConfig.interval_input); this "
+                       f"pipeline's transformer is a flow-matching one: use one of {', '.join(runs)}")
+    if sampler in AVERAGE_VELOCITY_SAMPLERS:
+        if guidance.mode != "constant":
+            raise SVGError(f"sampler {sampler!r} takes a constant guidance scale (the model's guidance input), "
+                           f"not the {guidance.mode!r} guidance mode")
+        check_sampling_guidance(config, guidance.scale)
 
 
 class SVGPipeline:
@@ -99,6 +127,13 @@ class SVGPipeline:
         self.latent_transform = latent_transform
         self.class_names = list(class_names) if class_names is not None else None
         self.sampling = sampling or SamplingDefaults()
+        if transformer is not None:  # the defaults must run: fail when the pipeline is made, not at its first call
+            check_sampler(transformer.config, self.sampling.sampler, self.sampling.guidance)
+
+    @property
+    def samplers(self) -> list[str]:
+        """The samplers its transformer runs (:func:`transformer_samplers`)."""
+        return transformer_samplers(self._require_transformer().config)
 
     @property
     def latent_stats(self) -> LatentStatistics | None:
@@ -184,14 +219,17 @@ class SVGPipeline:
         """The settings a call with these arguments samples with: ``self.sampling`` where an argument is None.
 
         ``guidance_scale`` replaces the scale of ``guidance``. A value out of its range raises ValueError naming
-        the argument (``SamplingDefaults`` checks ``num_steps``, ``shift`` and the sampler's name).
+        the argument (``SamplingDefaults`` checks ``num_steps``, ``shift`` and the sampler's name); a sampler the
+        transformer cannot run, or a guidance it cannot take, raises SVGError (:func:`check_sampler`). Commands
+        call it to fail before they start sampling.
         """
         chosen = {"num_steps": num_steps, "shift": shift, "sampler": sampler, "guidance": guidance}
         settings = replace(self.sampling, **{name: value for name, value in chosen.items() if value is not None})
-        if guidance_scale is None:
-            return settings
-        return replace(settings, guidance=replace(settings.guidance,
-                                                  scale=check_guidance_scale("guidance_scale", guidance_scale)))
+        if guidance_scale is not None:
+            settings = replace(settings, guidance=replace(settings.guidance,
+                                                          scale=check_guidance_scale("guidance_scale", guidance_scale)))
+        check_sampler(self._require_transformer().config, settings.sampler, settings.guidance)
+        return settings
 
     @torch.no_grad()
     def __call__(self, class_labels: Sequence[int | str] | torch.Tensor, num_steps: int | None = None,
@@ -206,6 +244,9 @@ class SVGPipeline:
           ``self.sampling``. ``guidance_scale`` overrides the scale of ``guidance`` (default
           ``self.sampling.guidance``); 1.0 is no guidance. A value out of its range (``num_steps`` < 1,
           ``shift`` <= 0, ``guidance_scale`` < 0, NaN or infinite) raises ValueError before anything is computed.
+        - ``sampler``: one of :attr:`samplers`. ``"mean_flow"`` (a MeanFlow transformer) takes ``num_steps``
+          steps of the average velocity on the shifted grid, one forward each: its guidance is the model's
+          guidance input (a constant scale; a model without the input samples only at scale 1), not CFG.
         - ``latents``: the initial noise [B, C, h, w] (the public code's token layout is
           ``x.flatten(2).transpose(1, 2)``); otherwise drawn with ``generator`` on its device (CPU by
           default, so a seed gives the same images on every device).
@@ -238,10 +279,13 @@ class SVGPipeline:
         if settings.sampler == "euler_maruyama":
             sampler_kwargs.setdefault("generator", generator)
         times = time_grid(settings.num_steps, settings.shift, device=device)
-        velocity = guided_velocity(transformer, y, settings.guidance, settings.num_steps, batched=batched_cfg)
+        if settings.sampler in AVERAGE_VELOCITY_SAMPLERS:
+            model_fn = guided_average_velocity(transformer, y, settings.guidance.scale)
+        else:
+            model_fn = guided_velocity(transformer, y, settings.guidance, settings.num_steps, batched=batched_cfg)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         with autocast:
-            normalized = get_sampler(settings.sampler)(velocity, noise, times, progress=progress, **sampler_kwargs)
+            normalized = get_sampler(settings.sampler)(model_fn, noise, times, progress=progress, **sampler_kwargs)
         latent = self.latent_transform.decode(normalized)
         if output_type == "latent":
             return latent

@@ -2,7 +2,7 @@
 
 Reading order: :mod:`.transformer` (the velocity model), :mod:`.flow` (path, time shift, loss),
 :mod:`.solvers` (ODE/SDE integrators over a time grid), :mod:`.guidance` (classifier-free guidance),
-:mod:`.mean_flow` (the MeanFlow objective and its one-step sampler),
+:mod:`.mean_flow` (the MeanFlow objective and the model's average velocity; its sampler is in :mod:`.solvers`),
 :mod:`.latents` (latent statistics and the latent cache). The trainer is ``svg_diffusion.trainers.diffusion``.
 """
 
@@ -34,11 +34,12 @@ from .mean_flow import (
     draw_mean_flow_inputs,
     guided_average_velocity,
     mean_flow_loss,
-    mean_flow_sample,
 )
 from .solvers import (
+    AVERAGE_VELOCITY_SAMPLERS,
     SAMPLERS,
     get_sampler,
+    mean_flow_sample,
     sample_adams_bashforth,
     sample_dpm_solver_2m,
     sample_euler,
@@ -57,6 +58,6 @@ __all__ = [
     "mean_flow_loss", "mean_flow_sample",
     "LatentCacheDataset", "LatentMoments", "LatentStatistics", "autoencoder_fingerprint", "cache_latents",
     "compute_latent_statistics", "encode_latents",
-    "SAMPLERS", "get_sampler", "sample_adams_bashforth", "sample_dpm_solver_2m", "sample_euler",
-    "sample_euler_maruyama", "sample_heun", "time_grid",
+    "AVERAGE_VELOCITY_SAMPLERS", "SAMPLERS", "get_sampler", "sample_adams_bashforth", "sample_dpm_solver_2m",
+    "sample_euler", "sample_euler_maruyama", "sample_heun", "time_grid",
 ]

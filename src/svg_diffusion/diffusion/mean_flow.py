@@ -10,7 +10,9 @@ end, nearer the data). The average velocity over the interval is
 
 with u(z, t, t) = v(z, t). A step with it is exact, z_r = z_t + (r - t) u(z_t, t, r), whatever its length:
 one step from noise to data is z_1 = z_0 + u(z_0, 0, 1). The model is the DiT with ``interval_input``,
-``model(z, t, y, r=r)`` (r = None means r = t: the ordinary velocity).
+``model(z, t, y, r=r)`` (r = None means r = t: the ordinary velocity). The sampler that takes such steps is
+:func:`.solvers.mean_flow_sample` (``mean_flow`` in the sampler registry); :func:`guided_average_velocity`
+turns the model into what it integrates.
 
 **The identity.** Multiply the definition by (r - t) and differentiate along the flow in t, r fixed:
 
@@ -61,16 +63,13 @@ import torch
 import torch.nn as nn
 from torch.autograd import forward_ad
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm.auto import tqdm
 
 from ..errors import SVGError
 from ..utils.checks import check_interval, check_number
 from .flow import FlowMatchingConfig, interpolate, randn, sample_training_time
 from .guidance import check_guidance_scale, combine_guidance
-from .solvers import _check_finite, _check_grid, _time_batch
-
-# u(x, t, r): the average velocity from time t (where x is) to time r, both [B] float32.
-AverageVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from .solvers import AverageVelocityFn
+from .transformer import DiTConfig
 
 
 @dataclass
@@ -231,37 +230,22 @@ def mean_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs: M
     return MeanFlowLoss(loss=(weight * error).mean(), mse=error.mean().detach())
 
 
-@torch.no_grad()
-def mean_flow_sample(average_velocity: AverageVelocityFn, noise: torch.Tensor, times: torch.Tensor,
-                     progress: bool = False) -> torch.Tensor:
-    """N steps of the average velocity on a grid t_0 = 0 < ... < t_N = 1 (any N >= 1, e.g. ``time_grid(1)``):
-
-        x <- x + (t_{i+1} - t_i) * u(x, t_i, t_{i+1}).
-
-    Each step is exact for the true average velocity, so unlike an ODE solver the grid changes only which
-    of the model's intervals are used, not a discretization error. Build ``average_velocity`` from a model
-    with :func:`guided_average_velocity`.
-    """
-    grid = _check_grid(times)
-    steps = (times[1:] - times[:-1]).tolist()  # float32 differences, as the ODE samplers take them
-    x = noise
-    for i in tqdm(range(len(steps)), desc="mean flow", disable=not progress, leave=False):
-        x = x + steps[i] * average_velocity(x, _time_batch(x, grid[i]), _time_batch(x, grid[i + 1]))
-        _check_finite(x, i, grid)
-    return x
+def check_sampling_guidance(config: DiTConfig, guidance_scale: float) -> None:
+    """A clear error when a MeanFlow DiT of ``config`` cannot sample at ``guidance_scale``: a model without
+    ``guidance_input`` samples with the guidance it was trained with (folded into its target, or none)."""
+    if guidance_scale != 1.0 and not config.guidance_input:
+        raise SVGError(f"guidance scale {guidance_scale:g}: this MeanFlow model has no guidance input "
+                       "(DiTConfig.guidance_input); its guidance was fixed in training, sample it with scale 1")
 
 
 def guided_average_velocity(model: nn.Module, labels: torch.Tensor, guidance_scale: float = 1.0) -> AverageVelocityFn:
     """The ``average_velocity(x, t, r)`` of a MeanFlow DiT for ``labels`` [B]: one forward per step.
 
-    A model with ``guidance_input`` applies ``guidance_scale`` itself. Any other model samples with the
-    guidance it was trained with (folded into its target, or none), so ``guidance_scale`` must be 1.
-    The result has x's dtype.
+    A model with ``guidance_input`` applies ``guidance_scale`` itself; any other one needs scale 1
+    (:func:`check_sampling_guidance`). The result has x's dtype.
     """
+    check_sampling_guidance(model.config, guidance_scale)
     takes_guidance = model.config.guidance_input
-    if guidance_scale != 1.0 and not takes_guidance:
-        raise SVGError(f"guidance scale {guidance_scale}: this model has no guidance input (DiTConfig.guidance_input);"
-                       " its guidance was fixed in training, sample it with scale 1")
 
     def average_velocity(x: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         guidance = torch.full_like(t, guidance_scale) if takes_guidance else None

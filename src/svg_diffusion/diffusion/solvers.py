@@ -1,10 +1,12 @@
-"""Samplers: plain functions that integrate a velocity field from noise (t = 0) to data (t = 1).
+"""Samplers: plain functions that carry noise (t = 0) to data (t = 1) on a time grid, and their registry.
 
-Every sampler has the form ``sampler(velocity_fn, noise, times, ...) -> sample`` (k-diffusion style):
+Every sampler has the form ``sampler(model_fn, noise, times, ...) -> sample`` (k-diffusion style):
 
-- ``velocity_fn(x, t, step) -> v``: x [B, ...], t [B] float32 (every entry the same time), ``step`` the index
-  of the grid interval being integrated (guidance schedules such as "late" depend on it). Build one from a
-  model with :func:`.guidance.guided_velocity`.
+- ``model_fn``: for the ODE/SDE samplers a ``velocity_fn(x, t, step) -> v``: x [B, ...], t [B] float32
+  (every entry the same time), ``step`` the index of the grid interval being integrated (guidance schedules
+  such as "late" depend on it); build one from a model with :func:`.guidance.guided_velocity`. For the
+  samplers in :data:`AVERAGE_VELOCITY_SAMPLERS` (``mean_flow``) an ``average_velocity(x, t, r) -> u``, the
+  output of a MeanFlow model (:mod:`.mean_flow`), built with :func:`.mean_flow.guided_average_velocity`.
 - ``noise``: the starting point x_0 ~ N(0, I); the sample keeps its dtype and device.
 - ``times``: the grid t_0 = 0 < t_1 < ... < t_N = 1 of :func:`time_grid` (N steps).
 
@@ -27,6 +29,8 @@ from ..utils.checks import check_int, check_number
 from .flow import randn, shift_time
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# u(x, t, r): the average velocity from time t (where x is) to time r, both [B] float32.
+AverageVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def time_grid(num_steps: int, shift: float = 1.0, device: torch.device | str | None = None) -> torch.Tensor:
@@ -254,13 +258,36 @@ def sample_euler_maruyama(velocity_fn: VelocityFn, noise: torch.Tensor, times: t
     return x
 
 
+@torch.no_grad()
+def mean_flow_sample(average_velocity: AverageVelocityFn, noise: torch.Tensor, times: torch.Tensor,
+                     progress: bool = False) -> torch.Tensor:
+    """N steps of the average velocity on a grid t_0 = 0 < ... < t_N = 1 (any N >= 1, e.g. ``time_grid(1)``):
+
+        x <- x + (t_{i+1} - t_i) * u(x, t_i, t_{i+1}).
+
+    Each step is exact for the true average velocity, so unlike an ODE solver the grid changes only which
+    of the model's intervals are used, not a discretization error. Build ``average_velocity`` from a model
+    with :func:`.mean_flow.guided_average_velocity`.
+    """
+    grid = _check_grid(times)
+    steps = (times[1:] - times[:-1]).tolist()  # float32 differences, as the ODE samplers take them
+    x = noise
+    for i in _steps(len(steps), progress, "mean flow"):
+        x = x + steps[i] * average_velocity(x, _time_batch(x, grid[i]), _time_batch(x, grid[i + 1]))
+        _check_finite(x, i, grid)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "euler": sample_euler,
     "heun": sample_heun,
     "adams_bashforth": sample_adams_bashforth,
     "dpm_solver_2m": sample_dpm_solver_2m,
     "euler_maruyama": sample_euler_maruyama,
+    "mean_flow": mean_flow_sample,
 }
+# The samplers that take a MeanFlow model's average velocity u(x, t, r); the others take a velocity v(x, t, step).
+AVERAGE_VELOCITY_SAMPLERS = frozenset({"mean_flow"})
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
