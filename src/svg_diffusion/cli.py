@@ -95,7 +95,9 @@ def add_encoders(sub: argparse._SubParsersAction) -> None:
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a class-conditional Fashion-MNIST grid from the shipped demo pipeline")
     p.add_argument("--out-dir", default="outputs/demo", help="where demo_grid.png goes")
-    p.add_argument("--steps", type=POSITIVE_INT, default=None, help="sampling steps (default: the pipeline's, 25)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None,
+                   help="steps of the pipeline's default sampler (default: the pipeline's; the shipped one takes 25 "
+                        "Euler steps, a MeanFlow pipeline draws in 1 or 2 mean_flow steps)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--per-class", type=POSITIVE_INT, default=8, help="samples per class (one row per class)")
     p.add_argument("--pipeline", default="demo-pipeline", help="another pipeline folder (default: the shipped one)")
@@ -282,10 +284,14 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", nargs="+", default=None, help="class indices or names (default: all)")
     p.add_argument("--per-class", type=POSITIVE_INT, default=8, help="samples per class (grid rows are this long)")
     p.add_argument("--num", type=POSITIVE_INT, default=None, help="folder/npz: this many samples, cycling through the classes")
-    p.add_argument("--steps", type=POSITIVE_INT, default=None, help="sampler steps (default: the pipeline's)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None,
+                   help="sampler steps (default: the pipeline's; mean_flow: any N >= 1)")
     p.add_argument("--cfg", type=NON_NEGATIVE, default=None,
-                   help="guidance scale >= 0 (default: the pipeline's; 1 = none, 0 = unconditional)")
-    p.add_argument("--sampler", default=None, help="euler, heun, adams_bashforth, dpm_solver_2m, euler_maruyama")
+                   help="guidance scale >= 0 (default: the pipeline's; 1 = none, 0 = unconditional; mean_flow: the "
+                        "model's guidance input)")
+    p.add_argument("--sampler", default=None,
+                   help="euler, heun, adams_bashforth, dpm_solver_2m, euler_maruyama, or mean_flow (a MeanFlow "
+                        "pipeline: N steps of its average velocity); default: the pipeline's")
     p.add_argument("--shift", type=POSITIVE, default=None, help="time shift k > 0 of the sampling grid (SD3 convention)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="sample i's noise depends only on (seed, i)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
@@ -307,6 +313,8 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
             get_sampler(args.sampler)  # an unknown name fails here, not after loading and with a progress bar
         place = setup_distributed(args.device)
         pipe = SVGPipeline.from_pretrained(args.pipeline, device=place.device)
+        # a sampler the transformer cannot run (or its guidance) fails here, before sampling
+        pipe.sampling_settings(args.steps, args.cfg, args.shift, args.sampler)
         labels = class_labels(pipe, args.classes and [int(c) if c.isdigit() else c for c in args.classes],
                               args.per_class, args.num)
         path = write_samples(pipe, labels, grid=args.out, folder=args.out_dir, npz=args.npz, nrow=args.per_class,

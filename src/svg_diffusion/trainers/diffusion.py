@@ -10,6 +10,12 @@ Per step, on the engine of ``svg_diffusion.training`` (so one process equals N a
    rows (``draw_flow_inputs``);
 3. the flow-matching MSE through the (DDP) transformer, an AdamW step, the EMA update.
 
+With a ``mean_flow`` section the objective is MeanFlow instead (average velocities, one-step sampling:
+``trainers/mean_flow.py``). ``init_from`` starts the run from a trained pipeline's transformer, in its latent
+transform (``trainers/warm_start.py``): a MeanFlow run warm-starts it, and with ``mean_flow.distill`` keeps
+it, frozen, as the teacher. The teacher is read again from ``init_from`` on a resume (checkpoints hold only
+the digest of its weights file, and a resume refuses a changed one).
+
 The latent transform is fixed before training. Per-channel: the statistics are read from ``latent_stats`` (a
 file), from the cache, or computed over the training split, and written to ``out_dir/latent_stats.safetensors``.
 PCA: read from ``latent_transform.path``, or fitted over the cache (streamed shard by shard) or the encoded
@@ -45,11 +51,14 @@ from ..diffusion.latents import (
 )
 from ..diffusion.transformer import DIT_SIZES, DiT, DiTConfig
 from ..errors import SVGError
-from ..pipeline import STATS_FILE, TRANSFORM_FOLDER, SamplingDefaults, SVGPipeline
+from ..pipeline import STATS_FILE, TRANSFORM_FOLDER, SamplingDefaults, SVGPipeline, check_sampler
 from ..sample_writer import class_labels, write_samples
 from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, derive_seed
 from ..training.distributed import barrier, rank_and_world_size, setup_distributed
 from ..utils.checks import check_each, check_int, check_number
+from .mean_flow import SAMPLER as MEAN_FLOW_SAMPLER
+from .mean_flow import MeanFlowTrainConfig, mean_flow_sampling, mean_flow_step, mean_flow_transformer, sampling_guidance
+from .warm_start import MEAN_FLOW_INPUTS, load_start_pipeline, start_transform, start_transformer, weights_digest
 
 PIPELINE_FOLDER = "pipeline"
 SAMPLES_FOLDER = "samples"
@@ -61,7 +70,7 @@ class TransformerConfig:
     """The transformer: a named size (S, B, L, XL) and any :class:`DiTConfig` fields that override it.
 
     ``in_channels``, ``input_size`` and ``num_classes`` are not set here: they come from the autoencoder's
-    latent and the dataset's classes.
+    latent and the dataset's classes; nor are ``interval_input`` and ``guidance_input``: the objective sets them.
     """
 
     size: str = "XL"
@@ -74,6 +83,8 @@ class TransformerConfig:
         for key in self.overrides:
             if key in DERIVED_FIELDS:
                 raise ValueError(f"overrides.{key} is set by the autoencoder and the data, not by the config")
+            if key in MEAN_FLOW_INPUTS:
+                raise ValueError(f"overrides.{key} is set by the objective (a mean_flow section), not by the model")
             if key not in valid:
                 raise ValueError(f"overrides.{key}: unknown DiTConfig field (valid: {', '.join(sorted(valid))})")
 
@@ -103,7 +114,9 @@ class PreviewConfig:
 
     ``classes``: class indices, one grid row each (None: every class, at most the first 10);
     ``guidance_scale``: pictures want more guidance than FID (the paper: ~4 vs 1.5); ``num_steps``: None
-    is ``sampling.num_steps``. The noise is fixed by ``seed``, so grids of successive steps compare.
+    is ``sampling.num_steps``. The noise is fixed by ``seed``, so grids of successive steps compare. A
+    MeanFlow run draws it with the ``mean_flow`` sampler, at ``guidance_scale`` brought into
+    ``mean_flow.guidance_range`` (or at 1 without one: its guidance is fixed in training).
     """
 
     classes: list[int] | None = None
@@ -134,7 +147,11 @@ class DiffusionTrainConfig:
     - ``latent_stats``: a ``latent_stats.safetensors`` file to use (None: the cache's, or computed).
     - ``latent_transform``: what the transformer models (``per_channel``, the default, or ``pca``; see
       :class:`LatentTransformConfig`).
-    - ``sampling``: the sampler settings the final pipeline gets (its defaults are the paper's).
+    - ``mean_flow``: train the MeanFlow objective with these options (None: flow matching).
+    - ``init_from``: a trained pipeline folder (or a shipped pipeline's name) whose transformer starts the run
+      (warm-started for MeanFlow), trained on the same latents; the run then models its latent transform.
+    - ``sampling``: the sampler settings the final pipeline gets (None: the objective's defaults, the paper's
+      for flow matching, :func:`.mean_flow.mean_flow_sampling` for MeanFlow).
     - ``encode_batch_size``: batch size for computing the statistics online.
     """
 
@@ -146,16 +163,24 @@ class DiffusionTrainConfig:
     latent_transform: LatentTransformConfig = field(default_factory=LatentTransformConfig)
     model: TransformerConfig = field(default_factory=TransformerConfig)
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    mean_flow: MeanFlowTrainConfig | None = None
+    init_from: PathOrName | None = None
     optimizer: AdamWConfig = field(default_factory=AdamWConfig)
     ema_decay: float = 0.9999
     ema_warmup: bool = True     # decay capped by (1 + n) / (10 + n): short runs get a usable average
-    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    sampling: SamplingDefaults | None = None  # set in __post_init__ when None
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     encode_batch_size: int = 256
 
     def __post_init__(self) -> None:
         check_number("ema_decay", self.ema_decay, at_least=0, below=1)
         check_int("encode_batch_size", self.encode_batch_size, at_least=1)
+        if self.mean_flow is not None and self.mean_flow.distill and self.init_from is None:
+            raise ValueError("mean_flow.distill takes its teacher from init_from: set init_from to a trained pipeline")
+        if self.init_from is not None and (self.latent_stats is not None or self.latent_transform.path is not None):
+            raise ValueError("init_from brings its own latent transform: leave latent_stats and latent_transform.path unset")
+        if self.sampling is None:
+            self.sampling = SamplingDefaults() if self.mean_flow is None else mean_flow_sampling(self.mean_flow)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,10 +314,13 @@ def warn_if_token_exceeds_width(config: DiTConfig) -> None:
 
 
 class DiffusionTrainer(Trainer):
-    """Flow matching of a DiT on transformed latents, with EMA and preview grids; see the module docstring."""
+    """Flow matching (or MeanFlow) of a DiT on transformed latents, with EMA and preview grids; see the module docstring.
+
+    ``start``: the pipeline of ``config.init_from``, checked (:func:`.warm_start.load_start_pipeline`).
+    """
 
     def __init__(self, config: DiffusionTrainConfig, autoencoder: Autoencoder, transform: LatentTransform,
-                 class_names: list[str], cached: bool, device: torch.device):
+                 class_names: list[str], cached: bool, device: torch.device, start: SVGPipeline | None = None):
         self.config = config
         self.autoencoder = autoencoder.to(device).eval()
         self.transform = transform
@@ -302,11 +330,19 @@ class DiffusionTrainer(Trainer):
         size = autoencoder.latent_size
         self.flow = config.flow.resolved(size * size, transform.channels)
         dit_config = config.model.build(transform.channels, size, len(class_names))
+        if config.mean_flow is not None:
+            dit_config = mean_flow_transformer(dit_config, config.mean_flow)
         warn_if_token_exceeds_width(dit_config)
+        check_sampler(dit_config, config.sampling.sampler, config.sampling.guidance)  # before training, not after
         # Seeded on its own, so the initialization does not depend on what ran before (loading, statistics).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(derive_seed(config.engine.seed, "transformer"))
-            self.transformer = DiT(dit_config).to(device)
+            initial = DiT(dit_config) if start is None else start_transformer(start.transformer, dit_config,
+                                                                                  config.init_from)
+            self.transformer = initial.to(device)
+        distill = config.mean_flow is not None and config.mean_flow.distill
+        self.teacher = start.transformer.to(device).eval().requires_grad_(False) if distill else None
+        self.teacher_digest = weights_digest(config.init_from) if distill else None
         opt = config.optimizer
         # fused: one kernel over all parameters (CPU and CUDA, the engine's devices); DiT-S's step takes 0.17 s
         # instead of 0.81 s with the default for-loop on 2 CPU cores (benchmarks/speed.py, docs/results.md).
@@ -326,19 +362,32 @@ class DiffusionTrainer(Trainer):
                                         ctx.generator("hflip"), ctx.global_batch_size, ctx.batch_offset)
         x = self.transform.encode(latents)
         y = labels if self.class_names else torch.zeros_like(labels)  # unconditional: the null class 0
+        if self.config.mean_flow is None:
+            self.flow_matching_step(ctx, x, y)
+        else:
+            mean_flow_step(ctx, x, y, self.flow, self.config.mean_flow, self.teacher)
+        ctx.optimizer_step(self.optimizer)
+        self.ema.update(self.transformer)
+
+    def flow_matching_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Backpropagate the flow-matching loss of this rank's latents ``x`` and labels ``y``, per micro-batch."""
         inputs = draw_flow_inputs((ctx.global_batch_size, *x.shape[1:]), self.flow, ctx.generator("flow"),
                                   ctx.device).rows(ctx.batch_offset, ctx.batch_offset + ctx.local_batch_size)
         for x_i, y_i, noise, t, drop in ctx.micro_batches(x, y, inputs.noise, inputs.t, inputs.drop):
             loss = flow_matching_loss(ctx.modules["transformer"], x_i, y_i, noise, t, drop)
             ctx.backward(loss)
             ctx.log(loss=loss)
-        ctx.optimizer_step(self.optimizer)
-        self.ema.update(self.transformer)
 
     def state_dict(self) -> dict:
-        return {"ema": self.ema.state_dict(), "latent_transform": transform_state(self.transform)}
+        state = {"ema": self.ema.state_dict(), "latent_transform": transform_state(self.transform)}
+        if self.teacher_digest is not None:
+            state["teacher_sha256"] = self.teacher_digest
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("teacher_sha256") != self.teacher_digest:
+            raise SVGError(f"init_from {self.config.init_from}: the teacher's weights are not those the checkpoint "
+                           "was trained with (they changed, or distill changed): resume with the original teacher")
         self.ema.load_state_dict(state["ema"])
         if "latent_stats" in state:  # checkpoints written before latent transforms existed
             self.transform = LatentStatistics(state["latent_stats"]["mean"], state["latent_stats"]["std"])
@@ -354,12 +403,14 @@ class DiffusionTrainer(Trainer):
     @torch.no_grad()
     def on_sample(self, ctx: StepContext) -> None:
         """A class grid from the EMA transformer; every rank samples its share (the EMA is the same on all)."""
-        preview = self.config.preview
+        preview, mean_flow = self.config.preview, self.config.mean_flow
         pipe = self.ema_pipeline()
         labels = class_labels(pipe, self.preview_classes, preview.per_class)
+        sampler = None if mean_flow is None else MEAN_FLOW_SAMPLER
+        guidance = preview.guidance_scale if mean_flow is None else sampling_guidance(mean_flow, preview.guidance_scale)
         write_samples(pipe, labels, grid=ctx.out_dir / SAMPLES_FOLDER / f"step_{ctx.step:08d}.png",
                       nrow=preview.per_class, seed=preview.seed, batch_size=len(labels), progress=False,
-                      guidance_scale=preview.guidance_scale, num_steps=preview.num_steps,
+                      sampler=sampler, guidance_scale=guidance, num_steps=preview.num_steps,
                       precision=ctx.config.precision)
 
 
@@ -374,11 +425,28 @@ def train_diffusion(config: DiffusionTrainConfig, resume: bool = False) -> Path:
     Runs as one process, or as one of N under torchrun (every rank returns after rank 0 has written it).
     """
     engine = Engine(config.engine)
+    trainer, dataset = build_trainer(config, engine, resume)
+    engine.fit(trainer, dataset, resume=resume)
+    folder = Path(config.engine.out_dir) / PIPELINE_FOLDER
+    if engine.is_main:
+        trainer.ema_pipeline().save_pretrained(folder)
+    barrier()
+    return folder
+
+
+def build_trainer(config: DiffusionTrainConfig, engine: Engine, resume: bool) -> tuple[DiffusionTrainer, Dataset]:
+    """What a run needs before its first step: the trainer (its transformer initialized or warm-started from
+    ``init_from``) and the training dataset; rank 0 writes the config and the latent transform to ``out_dir``."""
     out_dir = Path(config.engine.out_dir)
     autoencoder = load_autoencoder(config.autoencoder).to(engine.device)
     dataset = training_dataset(config, autoencoder, progress=engine.is_main)
-    preview_classes(config.preview, dataset_classes(dataset))  # a wrong class fails before the statistics
-    transform = training_transform(config, autoencoder, dataset, resume, progress=engine.is_main)
+    class_names = dataset_classes(dataset)
+    preview_classes(config.preview, class_names)  # a wrong class fails before the statistics
+    start = None if config.init_from is None else load_start_pipeline(config.init_from, autoencoder, class_names)
+    if start is None:
+        transform = training_transform(config, autoencoder, dataset, resume, progress=engine.is_main)
+    else:  # a resumed run's checkpoint holds the same one
+        transform = start_transform(start, config.latent_transform, config.init_from)
     if engine.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -386,14 +454,9 @@ def train_diffusion(config: DiffusionTrainConfig, resume: bool = False) -> Path:
             transform.save(out_dir / STATS_FILE)
         else:
             transform.save(out_dir / TRANSFORM_FOLDER)
-    trainer = DiffusionTrainer(config, autoencoder, transform, dataset_classes(dataset),
-                               cached=isinstance(dataset, LatentCacheDataset), device=engine.device)
-    engine.fit(trainer, dataset, resume=resume)
-    folder = out_dir / PIPELINE_FOLDER
-    if engine.is_main:
-        trainer.ema_pipeline().save_pretrained(folder)
-    barrier()
-    return folder
+    trainer = DiffusionTrainer(config, autoencoder, transform, class_names,
+                               cached=isinstance(dataset, LatentCacheDataset), device=engine.device, start=start)
+    return trainer, dataset
 
 
 def _encoding_setup(config: DiffusionTrainConfig, progress: bool, from_cache: bool):
