@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from svg_diffusion.cli import main
-from svg_diffusion.config import to_dict
+from svg_diffusion.config import load_config, to_dict
 from svg_diffusion.diffusion.latents import LatentStatistics
 from svg_diffusion.errors import SVGError
 from svg_diffusion.pipeline import SVGPipeline
 from svg_diffusion.sample_writer import class_labels, sample_noise, write_samples
-from svg_diffusion.trainers.diffusion import TransformerConfig, build_trainer, train_diffusion
+from svg_diffusion.trainers.diffusion import DiffusionTrainConfig, TransformerConfig, build_trainer, train_diffusion
 from svg_diffusion.trainers.mean_flow import MeanFlowTrainConfig
 from svg_diffusion.training import Engine, checkpoint_path, load_checkpoint, read_records
 
@@ -29,6 +29,8 @@ from test_diffusion_train import autoencoder_dir, cache_dir, tiny_config, traine
 from test_engine import assert_identical
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def mean_flow_config(out_dir, autoencoder_dir, cache_dir, init_from, distill=True, **engine):
@@ -58,7 +60,22 @@ def test_the_warm_start_is_the_flow_matching_transformer_at_r_equal_t(tmp_path, 
     # the EMA starts from the warm start, and the run models the pipeline's latent transform
     assert all(torch.equal(trainer.ema.shadow[name], value) for name, value in trainer.transformer.state_dict().items())
     assert torch.equal(trainer.transform.mean, source.latent_stats.mean)
-    assert torch.equal(LatentStatistics.load(tmp_path / "run" / "latent_stats.safetensors").std, source.latent_stats.std)
+    written = LatentStatistics.load(tmp_path / "run" / "latent_stats.safetensors")
+    assert torch.equal(written.std, source.latent_stats.std)
+    # a flow-matching run from the pipeline continues training its transformer as it is
+    fine_tune = dataclasses.replace(tiny_config(tmp_path / "fm", autoencoder_dir, cache_dir),
+                                    init_from=str(trained / "pipeline"))
+    trainer, _ = build_trainer(fine_tune, Engine(fine_tune.engine), resume=False)
+    assert_identical(trainer.transformer.state_dict(), source.transformer.state_dict())
+
+
+def test_the_demo_config_fine_tunes_the_demo_flow_matching_run():
+    mean_flow, flow_matching = (load_config(DiffusionTrainConfig, REPO / "configs" / "demo" / name)
+                                for name in ("mean_flow.yaml", "diffusion.yaml"))
+    for key in ("autoencoder", "data", "latent_cache", "latent_transform", "model", "flow"):
+        assert to_dict(getattr(mean_flow, key)) == to_dict(getattr(flow_matching, key)), key
+    assert Path(mean_flow.init_from) == Path(flow_matching.engine.out_dir) / "pipeline"
+    assert mean_flow.mean_flow.distill and mean_flow.sampling.sampler == "mean_flow"
 
 
 def test_a_mean_flow_run_leaves_a_one_step_pipeline_that_saves_and_loads(tmp_path, trained, autoencoder_dir, cache_dir):
@@ -144,7 +161,8 @@ def test_sample_demo_and_train_commands(tmp_path, trained, autoencoder_dir, cach
         expected = pipe([0, 1, 2], latents=sample_noise(pipe, range(3), seed=0), sampler="mean_flow", num_steps=steps,
                         guidance_scale=2.0, output_type="np")
         assert np.array_equal(np.load(npz)["arr_0"], expected)
-    assert main(["demo", "--pipeline", str(folder), "--steps", "1", "--per-class", "1", "--out-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--pipeline", str(folder), "--steps", "1", "--per-class", "1",
+                 "--out-dir", str(tmp_path)]) == 0
     assert "10 samples (1 per class, 1 mean_flow steps, guidance 1.5" in capsys.readouterr().out
     # a flow-matching pipeline has no mean_flow sampler: one line, exit 2
     assert main(["sample", "--pipeline", str(trained / "pipeline"), "--sampler", "mean_flow", "--steps", "1",
@@ -181,7 +199,8 @@ def test_two_processes_equal_one_process(tmp_path, trained, autoencoder_dir, cac
     assert [s for s, _, _ in ours] == [s for s, _, _ in theirs] == [1, 2, 3, 4]
     for (step, loss, mse), (_, other_loss, other_mse) in zip(ours, theirs):
         assert (loss, mse) == (pytest.approx(other_loss, abs=1e-5), pytest.approx(other_mse, abs=1e-5)), step
-    single, distributed = (load_checkpoint(checkpoint_path(run, 4)) for run in (tmp_path / "single", tmp_path / "ddp" / "run"))
+    single, distributed = (load_checkpoint(checkpoint_path(run, 4))
+                           for run in (tmp_path / "single", tmp_path / "ddp" / "run"))
     for name, value in single["modules"]["transformer"].items():
         # The key norm's bias has a zero gradient in exact arithmetic (attention's softmax ignores a shift shared
         # by all keys): AdamW turns its float noise, which differs with the batch split, into lr-sized steps.
@@ -189,7 +208,8 @@ def test_two_processes_equal_one_process(tmp_path, trained, autoencoder_dir, cac
             torch.testing.assert_close(distributed["modules"]["transformer"][name], value, atol=1e-5, rtol=1e-4)
     pipe = SVGPipeline.from_pretrained(pipeline)
     write_samples(pipe, class_labels(pipe, num=5), npz=tmp_path / "one.npz", batch_size=5, num_steps=1, progress=False)
-    one, sharded = (np.load(path)["arr_0"].astype(np.int16) for path in (tmp_path / "one.npz", tmp_path / "ddp" / "samples.npz"))
+    one, sharded = (np.load(path)["arr_0"].astype(np.int16)
+                    for path in (tmp_path / "one.npz", tmp_path / "ddp" / "samples.npz"))
     assert one.shape == sharded.shape and np.abs(one - sharded).max() <= 1  # batch shapes change fp32 sums' last bits
 
 

@@ -146,7 +146,8 @@ def test_mean_flow_sampler_takes_the_documented_steps(mean_flow_pipe, steps):
     torch.testing.assert_close(latent, expected, rtol=0, atol=0)
     # the pipeline's defaults: two mean_flow steps at guidance 2
     default = pipe([0, 4, 9], latents=noise, output_type="latent")
-    explicit = pipe([0, 4, 9], latents=noise, sampler="mean_flow", num_steps=2, guidance_scale=2.0, output_type="latent")
+    explicit = pipe([0, 4, 9], latents=noise, sampler="mean_flow", num_steps=2, guidance_scale=2.0,
+                    output_type="latent")
     torch.testing.assert_close(default, explicit, rtol=0, atol=0)
     # a MeanFlow transformer is a velocity model at r = t: the ODE samplers run it too
     assert pipe.samplers == ["euler", "heun", "adams_bashforth", "dpm_solver_2m", "euler_maruyama", "mean_flow"]
@@ -175,5 +176,6 @@ def test_a_mean_flow_pipeline_saves_and_loads(mean_flow_pipe, tmp_path):
     assert loaded.transformer.config == mean_flow_pipe.transformer.config
     noise = torch.randn(loaded.noise_shape(2), generator=torch.Generator().manual_seed(6))
     for steps in (1, 2):
-        torch.testing.assert_close(loaded([2, 6], latents=noise, num_steps=steps, output_type="pt"),
-                                   mean_flow_pipe([2, 6], latents=noise, num_steps=steps, output_type="pt"), rtol=0, atol=0)
+        expected = mean_flow_pipe([2, 6], latents=noise, num_steps=steps, output_type="pt")
+        torch.testing.assert_close(loaded([2, 6], latents=noise, num_steps=steps, output_type="pt"), expected,
+                                   rtol=0, atol=0)

@@ -178,7 +178,8 @@ class DiffusionTrainConfig:
         if self.mean_flow is not None and self.mean_flow.distill and self.init_from is None:
             raise ValueError("mean_flow.distill takes its teacher from init_from: set init_from to a trained pipeline")
         if self.init_from is not None and (self.latent_stats is not None or self.latent_transform.path is not None):
-            raise ValueError("init_from brings its own latent transform: leave latent_stats and latent_transform.path unset")
+            raise ValueError("init_from brings its own latent transform: "
+                             "leave latent_stats and latent_transform.path unset")
         if self.sampling is None:
             self.sampling = SamplingDefaults() if self.mean_flow is None else mean_flow_sampling(self.mean_flow)
 
@@ -313,8 +314,20 @@ def warn_if_token_exceeds_width(config: DiTConfig) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def flow_matching_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, flow: FlowMatchingConfig) -> None:
+    """Backpropagate the flow-matching loss of this rank's latents ``x`` and labels ``y``, micro-batch by micro-batch
+    (noise, times and label drops drawn for the GLOBAL batch from the step's ``flow`` generator)."""
+    inputs = draw_flow_inputs((ctx.global_batch_size, *x.shape[1:]), flow, ctx.generator("flow"),
+                              ctx.device).rows(ctx.batch_offset, ctx.batch_offset + ctx.local_batch_size)
+    for x_i, y_i, noise, t, drop in ctx.micro_batches(x, y, inputs.noise, inputs.t, inputs.drop):
+        loss = flow_matching_loss(ctx.modules["transformer"], x_i, y_i, noise, t, drop)
+        ctx.backward(loss)
+        ctx.log(loss=loss)
+
+
+
 class DiffusionTrainer(Trainer):
-    """Flow matching (or MeanFlow) of a DiT on transformed latents, with EMA and preview grids; see the module docstring.
+    """Flow matching (or MeanFlow) of a DiT on transformed latents, with EMA and preview grids (module docstring).
 
     ``start``: the pipeline of ``config.init_from``, checked (:func:`.warm_start.load_start_pipeline`).
     """
@@ -363,20 +376,11 @@ class DiffusionTrainer(Trainer):
         x = self.transform.encode(latents)
         y = labels if self.class_names else torch.zeros_like(labels)  # unconditional: the null class 0
         if self.config.mean_flow is None:
-            self.flow_matching_step(ctx, x, y)
+            flow_matching_step(ctx, x, y, self.flow)
         else:
             mean_flow_step(ctx, x, y, self.flow, self.config.mean_flow, self.teacher)
         ctx.optimizer_step(self.optimizer)
         self.ema.update(self.transformer)
-
-    def flow_matching_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Backpropagate the flow-matching loss of this rank's latents ``x`` and labels ``y``, per micro-batch."""
-        inputs = draw_flow_inputs((ctx.global_batch_size, *x.shape[1:]), self.flow, ctx.generator("flow"),
-                                  ctx.device).rows(ctx.batch_offset, ctx.batch_offset + ctx.local_batch_size)
-        for x_i, y_i, noise, t, drop in ctx.micro_batches(x, y, inputs.noise, inputs.t, inputs.drop):
-            loss = flow_matching_loss(ctx.modules["transformer"], x_i, y_i, noise, t, drop)
-            ctx.backward(loss)
-            ctx.log(loss=loss)
 
     def state_dict(self) -> dict:
         state = {"ema": self.ema.state_dict(), "latent_transform": transform_state(self.transform)}
@@ -414,26 +418,6 @@ class DiffusionTrainer(Trainer):
                       precision=ctx.config.precision)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Entry points (one per command)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def train_diffusion(config: DiffusionTrainConfig, resume: bool = False) -> Path:
-    """Train as ``config`` says (continuing from the latest checkpoint with ``resume``); return the pipeline folder.
-
-    Runs as one process, or as one of N under torchrun (every rank returns after rank 0 has written it).
-    """
-    engine = Engine(config.engine)
-    trainer, dataset = build_trainer(config, engine, resume)
-    engine.fit(trainer, dataset, resume=resume)
-    folder = Path(config.engine.out_dir) / PIPELINE_FOLDER
-    if engine.is_main:
-        trainer.ema_pipeline().save_pretrained(folder)
-    barrier()
-    return folder
-
-
 def build_trainer(config: DiffusionTrainConfig, engine: Engine, resume: bool) -> tuple[DiffusionTrainer, Dataset]:
     """What a run needs before its first step: the trainer (its transformer initialized or warm-started from
     ``init_from``) and the training dataset; rank 0 writes the config and the latent transform to ``out_dir``."""
@@ -468,6 +452,26 @@ def _encoding_setup(config: DiffusionTrainConfig, progress: bool, from_cache: bo
     dataset = (training_dataset(config, autoencoder, progress=show) if from_cache
                else build_dataset(config.data, "train", progress=show))
     return place, autoencoder, dataset
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points (one per command)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_diffusion(config: DiffusionTrainConfig, resume: bool = False) -> Path:
+    """Train as ``config`` says (continuing from the latest checkpoint with ``resume``); return the pipeline folder.
+
+    Runs as one process, or as one of N under torchrun (every rank returns after rank 0 has written it).
+    """
+    engine = Engine(config.engine)
+    trainer, dataset = build_trainer(config, engine, resume)
+    engine.fit(trainer, dataset, resume=resume)
+    folder = Path(config.engine.out_dir) / PIPELINE_FOLDER
+    if engine.is_main:
+        trainer.ema_pipeline().save_pretrained(folder)
+    barrier()
+    return folder
 
 
 def cache_training_latents(config: DiffusionTrainConfig, out_dir: str | Path | None = None, dtype: str = "float32",
