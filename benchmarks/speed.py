@@ -8,7 +8,10 @@ For each DiT size at the paper's latent shape (392x16x16) it measures
 - sampling: images/s of 25 Euler steps with classifier-free guidance (scale 1.5 on every step);
 - training: steps/s of the diffusion trainer's step (``trainers/diffusion.py``): latents (encoded online by the
   autoencoder, or read from the cache), normalized with the latent statistics, flow-matching MSE, backward,
-  AdamW step. The EMA update is left out (it is the same in every path; its time is in the notes);
+  AdamW step. The EMA update is left out (it is the same in every path; its time is in the notes). The last
+  two rows are MeanFlow steps (``trainers/mean_flow.py``) on the same DiT: the objective alone, and the
+  shipped recipe with a teacher; a note gives their time against the flow-matching step they share every
+  other switch with;
 
 along a ladder of paths, each adding one switch to the row above, so every factor shows on its own. The
 plain path is what the public code does: two CFG passes, fp32, eager, latents encoded online. Each row
@@ -40,16 +43,16 @@ import torch
 from torch import nn
 
 from svg_diffusion.autoencoder import AutoencoderConfig, SVGAutoencoder
-from svg_diffusion.diffusion import compile_for_sampling, time_grid
+from svg_diffusion.diffusion import compile_for_sampling, time_grid, warm_start_mean_flow
 from svg_diffusion.diffusion.latents import LatentStatistics, encode_latents
 from svg_diffusion.errors import SVGError
 from svg_diffusion.training import EMA
 
 from reporting import DOCS, replace_block
 from speed_paths import (
-    IMAGE_SIZE, LATENT_CHANNELS, LATENT_SIZE, NUM_CLASSES, PLAIN_SAMPLING, PLAIN_TRAINING, SAMPLING_PATHS,
-    SAMPLING_SHIFT, SAMPLING_STEPS, TRAINING_PATHS, SamplingPath, TrainingBatch, TrainingPath, build_dit,
-    forward_flops, sample_latents, training_step,
+    CACHED_BF16, IMAGE_SIZE, LATENT_CHANNELS, LATENT_SIZE, MEAN_FLOW_RECIPE_TRAINING, MEAN_FLOW_TRAINING,
+    NUM_CLASSES, PLAIN_SAMPLING, PLAIN_TRAINING, SAMPLING_PATHS, SAMPLING_SHIFT, SAMPLING_STEPS, TRAINING_PATHS, SamplingPath, TrainingBatch,
+    TrainingPath, build_dit, forward_flops, mean_flow_flops, sample_latents, training_step,
 )
 from speed_timing import Load, Row, cpu_share_note, matmul_peak, measure, report, rows_from, timed
 
@@ -67,6 +70,7 @@ class Settings:
     train_iters: int  # training steps per timed run
     reps: dict[str, int]  # timed runs per path, interleaved across paths
     train_compile_sizes: tuple[str, ...]  # sizes whose ladder includes the compiled training row
+    train_mean_flow_sizes: tuple[str, ...]  # sizes whose ladder includes the MeanFlow rows (a second DiT and state)
     compile: bool = True  # False: no compiled row at all (--no-compile)
 
 
@@ -74,13 +78,15 @@ def default_settings(device: torch.device) -> Settings:
     if device.type == "cuda":
         return Settings(sample_batch={"S": 64, "XL": 32}, parity_steps={"S": 25, "XL": 25},
                         timed_steps={"S": 25, "XL": 25}, train_batch={"S": 128, "XL": 32}, train_iters=10,
-                        reps={"S": 5, "XL": 5}, train_compile_sizes=("S", "XL"))
+                        reps={"S": 5, "XL": 5}, train_compile_sizes=("S", "XL"), train_mean_flow_sizes=("S", "XL"))
     # Every Euler step costs the same, so short timed runs (more of them, interleaved) average a shared
     # machine's load better than a few long ones. XL on 2 cores takes seconds per forward: one-step runs,
     # fewer repetitions, and no compiled training row (the compile takes many minutes and the fused
-    # optimizer a second 5.4 GB optimizer state).
+    # optimizer a second 5.4 GB optimizer state) nor MeanFlow rows (their DiT, gradients and optimizer state
+    # are another 11 GB).
     return Settings(sample_batch={"S": 4, "XL": 2}, parity_steps={"S": 10, "XL": 1}, timed_steps={"S": 5, "XL": 1},
-                    train_batch={"S": 8, "XL": 2}, train_iters=1, reps={"S": 5, "XL": 3}, train_compile_sizes=("S",))
+                    train_batch={"S": 8, "XL": 2}, train_iters=1, reps={"S": 5, "XL": 3}, train_compile_sizes=("S",),
+                    train_mean_flow_sizes=("S",))
 
 
 def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak_flops: float
@@ -107,7 +113,8 @@ def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak
     # Every step costs the same (CFG runs both branches throughout): scale the runs' times to 25 steps.
     times = {name: [t * SAMPLING_STEPS / timed_steps for t in ts] for name, ts in measured.times.items()}
     flops = forward_flops(size)[0] * 2 * batch * SAMPLING_STEPS
-    rows = rows_from(size, list(times), batch, flops, peak_flops, warmup, diffs, times, measured.peaks)
+    rows = rows_from(size, list(times), batch, dict.fromkeys(times, flops), peak_flops, warmup, diffs, times,
+                     measured.peaks)
     notes = [f"sampling {size}: batch {batch} per CFG branch; max |plain latents| = {plain.abs().max().item():.2f}"
              + cpu_share_note(measured, device)]
     if timed_steps != SAMPLING_STEPS or parity_steps != SAMPLING_STEPS:
@@ -116,10 +123,17 @@ def benchmark_sampling(size: str, device: torch.device, settings: Settings, peak
     return rows, notes
 
 
+def training_paths(size: str, settings: Settings) -> list[TrainingPath]:
+    """The training ladder of ``size``: without the rows the settings leave out at that size."""
+    compiled = settings.compile and size in settings.train_compile_sizes
+    return [p for p in TRAINING_PATHS if (compiled or not p.compiled)
+            and (size in settings.train_mean_flow_sizes or not p.mean_flow)]
+
+
 def benchmark_training(size: str, device: torch.device, settings: Settings, peak_flops: float
                        ) -> tuple[list[Row], list[str]]:
     batch, iters = settings.train_batch[size], settings.train_iters
-    paths = [p for p in TRAINING_PATHS if not p.compiled or (settings.compile and size in settings.train_compile_sizes)]
+    paths = training_paths(size, settings)
     print(f"training {size}: batch {batch}, {iters} step(s) per repetition", flush=True)
     torch.manual_seed(0)  # the random autoencoder, so the plain loss is the same in every run
     with warnings.catch_warnings():  # "random weights" for DINOv3: fine for timing
@@ -135,13 +149,18 @@ def benchmark_training(size: str, device: torch.device, settings: Settings, peak
     ema_seconds = ema_update_seconds(model, device)
     adamw_seconds = adamw_step_seconds(model, device)
     compiled = torch.compile(model) if any(p.compiled for p in paths) else None
-    optimizers = {fused: torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused)
-                  for fused in {p.fused_adamw for p in paths}}
+    # The MeanFlow rows train a warm-started copy; the distilled one distils ``model`` (whose weights, trained by
+    # the other rows, only set the numbers, not the work).
+    mean_flow_model = warm_start_mean_flow(model, guidance_input=True) if any(p.mean_flow for p in paths) else None
+    optimizers = {(mean_flow, fused): torch.optim.AdamW((mean_flow_model if mean_flow else model).parameters(),
+                                                         lr=1e-4, weight_decay=0.0, fused=fused)
+                  for mean_flow, fused in {(p.mean_flow, p.fused_adamw) for p in paths}}
 
     def step(path: TrainingPath, seed: int) -> torch.Tensor:
         flow_generator = torch.Generator(device).manual_seed(seed)
-        return training_step(compiled if path.compiled else model, optimizers[path.fused_adamw], autoencoder,
-                             stats, data, path, flow_generator)
+        trained = mean_flow_model if path.mean_flow else compiled if path.compiled else model
+        return training_step(trained, optimizers[path.mean_flow, path.fused_adamw], autoencoder, stats, data, path,
+                             flow_generator, teacher=model)
 
     # Parity: the loss of each path from the same weights and draws (the optimizers get zero-lr steps). This
     # first step of each path is its warm-up time (compilation included); one more warm-up run follows.
@@ -158,18 +177,37 @@ def benchmark_training(size: str, device: torch.device, settings: Settings, peak
     for run in runs.values():
         run()
     measured = measure(runs, settings.reps[size], device)
-    diffs = {name: abs(loss - losses[PLAIN_TRAINING.name]) for name, loss in losses.items()}
-    flops = forward_flops(size)[1] * batch * iters
+    diffs = {p.name: None if p.mean_flow else abs(losses[p.name] - losses[PLAIN_TRAINING.name]) for p in paths}
+    flops = {p.name: (mean_flow_flops(size, p) if p.mean_flow else forward_flops(size)[1]) * batch * iters
+             for p in paths}
     rows = rows_from(size, list(runs), iters, flops, peak_flops, warmup, diffs, measured.times, measured.peaks)
     notes = [(f"training {size}: batch {batch}; plain loss {losses[PLAIN_TRAINING.name]:.4f}; the trainer's EMA "
               f"update (not in the timed step) takes {ema_seconds:.3f} s; one AdamW step alone takes "
               f"{adamw_seconds[False]:.3f} s (default implementation) and {adamw_seconds[True]:.3f} s (fused=True)"
               + cpu_share_note(measured, device))]
+    if mean_flow_model is not None:
+        notes.append(mean_flow_note(size, rows, flops))
+    else:
+        notes.append(f"training {size}: no MeanFlow rows on {device.type} (a second DiT with its optimizer state)")
     if not settings.compile:
         notes.append(f"training {size}: no compiled rows (--no-compile)")
-    elif len(paths) < len(TRAINING_PATHS):
+    elif not any(p.compiled for p in paths):
         notes.append(f"training {size}: no compiled row on {device.type} (compile time and a second optimizer state)")
     return rows, notes
+
+
+def mean_flow_note(size: str, rows: list[Row], flops: dict[str, float]) -> str:
+    """The MeanFlow steps' time and FLOPs against the flow-matching step with the same switches (same run)."""
+    speed = {row.path: row.per_second for row in rows}
+    base = CACHED_BF16.name
+
+    def cost(name: str) -> str:
+        return f"{speed[base] / speed[name]:.2f}x the time ({flops[name] / flops[base]:.2f}x the FLOPs)"
+
+    return (f"training {size}: against the flow-matching step with cached latents + bf16 (interleaved in this "
+            f"run), a MeanFlow step takes {cost(MEAN_FLOW_TRAINING.name)} for the objective alone (JVP pass and "
+            f"backward) and {cost(MEAN_FLOW_RECIPE_TRAINING.name)} for the shipped recipe (+ the teacher's guided "
+            f"velocity, 2 forwards); their losses are another objective's (no difference shown)")
 
 
 def ema_update_seconds(model: nn.Module, device: torch.device) -> float:

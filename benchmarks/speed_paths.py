@@ -2,7 +2,10 @@
 shape, one guided Euler sampling run and one step of the diffusion trainer's computation.
 
 Each path is a set of switches; each ladder adds one switch per row, so every factor shows on its own.
-tests/test_speed_paths.py checks every path against the plain one.
+tests/test_speed_paths.py checks every path against the plain one. The last two training rows change the
+objective instead: the MeanFlow step on the same DiT, warm-started, first the objective alone, then the
+shipped recipe (the guidance scale as an input, the flow-matching DiT as teacher); speed.py reports their
+cost against the flow-matching row they build on.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from svg_diffusion.diffusion import (
     DiTConfig,
     FlowMatchingConfig,
     GuidanceConfig,
+    MeanFlowConfig,
     draw_flow_inputs,
+    draw_mean_flow_inputs,
     flow_matching_loss,
     guided_velocity,
+    mean_flow_loss,
     sample_euler,
+    warm_start_mean_flow,
 )
 from svg_diffusion.diffusion.latents import LatentStatistics, encode_latents
 
@@ -32,6 +39,10 @@ SAMPLING_STEPS = 25
 SAMPLING_SHIFT = 1 / 0.15  # the paper's sampling shift (public s = 0.15)
 GUIDANCE = GuidanceConfig(scale=1.5)  # constant: both branches on every step
 FLOW = FlowMatchingConfig()
+MEAN_FLOW = MeanFlowConfig()  # the objective alone: x - eps as the target velocity, no guidance
+# The shipped MeanFlow recipe (docs/diffusion.md, "Which form we ship"): w drawn per sample as a model input, a
+# teacher's guided velocity as the target, so two teacher forwards more per step.
+MEAN_FLOW_RECIPE = MeanFlowConfig(guidance_range=(1.0, 3.0))
 
 
 @dataclass(frozen=True)
@@ -62,16 +73,22 @@ class TrainingPath:
     bf16: bool = False  # bfloat16 autocast on the DiT (online encoding stays fp32, as in the trainer)
     compiled: bool = False  # torch.compile of the DiT
     fused_adamw: bool = False  # AdamW(fused=True)
+    mean_flow: bool = False  # the MEAN_FLOW objective on the warm-started DiT
+    distilled: bool = False  # with mean_flow: MEAN_FLOW_RECIPE instead, the teacher the flow-matching DiT
 
 
 PLAIN_TRAINING = TrainingPath("plain: online encoding, fp32")
 CACHED_BF16 = TrainingPath("cached latents + bf16", cached_latents=True, bf16=True)
+MEAN_FLOW_TRAINING = replace(CACHED_BF16, name="cached latents + bf16, MeanFlow objective", mean_flow=True)
+MEAN_FLOW_RECIPE_TRAINING = replace(MEAN_FLOW_TRAINING, name="+ teacher, guidance scale as an input", distilled=True)
 TRAINING_PATHS = [
     PLAIN_TRAINING,
     TrainingPath("cached latents", cached_latents=True),
     TrainingPath("bf16", bf16=True),
     CACHED_BF16,
     replace(CACHED_BF16, name="+ compile + fused AdamW", compiled=True, fused_adamw=True),
+    MEAN_FLOW_TRAINING,
+    MEAN_FLOW_RECIPE_TRAINING,
 ]
 
 
@@ -104,6 +121,25 @@ def forward_flops(size: str) -> tuple[float, float]:
     return float(forward.get_total_flops()), float(training.get_total_flops())
 
 
+def mean_flow_objective(path: TrainingPath) -> MeanFlowConfig:
+    return MEAN_FLOW_RECIPE if path.distilled else MEAN_FLOW
+
+
+def mean_flow_flops(size: str, path: TrainingPath) -> float:
+    """FLOPs of a MeanFlow path's training step per sample (the JVP pass, the backward and, distilled, the
+    teacher's forwards), counted on the meta device."""
+    with torch.device("meta"):
+        teacher = DiT(dit_config(size))
+        model = warm_start_mean_flow(teacher, guidance_input=True)
+        x, y = torch.randn(1, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE), torch.zeros(1, dtype=torch.long)
+        draws = draw_mean_flow_inputs(tuple(x.shape), FLOW, mean_flow_objective(path), None, "meta")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        mean_flow_loss(model, x, y, draws, mean_flow_objective(path), teacher if path.distilled else None
+                       ).loss.backward()
+    return float(counter.get_total_flops())
+
+
 def sample_latents(model: nn.Module, path: SamplingPath, noise: torch.Tensor, labels: torch.Tensor,
                    times: torch.Tensor) -> torch.Tensor:
     """Euler sampling with CFG over ``times`` as ``path`` says (``model`` is already compiled if it says so)."""
@@ -122,17 +158,23 @@ class TrainingBatch:
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, autoencoder: SVGAutoencoder,
                   stats: LatentStatistics, batch: TrainingBatch, path: TrainingPath,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, teacher: nn.Module | None = None) -> torch.Tensor:
     """One step of the diffusion trainer's computation (without EMA); returns the loss.
 
     Online encoding runs in fp32 outside autocast, like the trainer (``encode_latents``): cached and online
-    latents are the same numbers.
+    latents are the same numbers. The MeanFlow paths train ``model`` (a MeanFlow DiT); a distilled one distils
+    ``teacher``.
     """
     latents = batch.latents if path.cached_latents else encode_latents(autoencoder, batch.images)
     x = stats.normalize(latents)
-    draws = draw_flow_inputs(tuple(x.shape), FLOW, generator, x.device)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=path.bf16):
-        loss = flow_matching_loss(model, x, batch.labels, draws.noise, draws.t, draws.drop)
+        if path.mean_flow:
+            objective = mean_flow_objective(path)
+            draws = draw_mean_flow_inputs(tuple(x.shape), FLOW, objective, generator, x.device)
+            loss = mean_flow_loss(model, x, batch.labels, draws, objective, teacher if path.distilled else None).loss
+        else:
+            draws = draw_flow_inputs(tuple(x.shape), FLOW, generator, x.device)
+            loss = flow_matching_loss(model, x, batch.labels, draws.noise, draws.t, draws.drop)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -38,7 +38,7 @@ class Row:
     per_second: float  # images/s or steps/s
     mfu: float  # model FLOP utilization against the measured matmul peak
     ratio: float = 1.0
-    max_abs_diff: float = 0.0
+    max_abs_diff: float | None = 0.0  # None: another objective, no parity to show
     spread: float = 0.0  # (max - min) / median of the repetitions
     warmup_s: float = 0.0  # the first, untimed run (includes compilation)
     peak_gib: float | None = None
@@ -67,15 +67,15 @@ def measure(runs: dict[str, Callable[[], object]], reps: int, device: torch.devi
     return Measured(times, peaks, (time.process_time() - cpu) / (time.perf_counter() - wall))
 
 
-def rows_from(config: str, names: list[str], work: float, flops: float, peak_flops: float,
-              warmup: dict[str, float], diffs: dict[str, float], times: dict[str, list[float]],
+def rows_from(config: str, names: list[str], work: float, flops: dict[str, float], peak_flops: float,
+              warmup: dict[str, float], diffs: dict[str, float | None], times: dict[str, list[float]],
               peaks: dict[str, float]) -> list[Row]:
-    """Rows from measured times: ``work`` images or steps per run, ``flops`` model FLOPs per run."""
+    """Rows from measured times: ``work`` images or steps per run, ``flops`` model FLOPs per run of each."""
     rows = []
     for name in names:
         median = statistics.median(times[name])
         spread = (max(times[name]) - min(times[name])) / median
-        rows.append(Row(config, name, work / median, flops / median / peak_flops, max_abs_diff=diffs[name],
+        rows.append(Row(config, name, work / median, flops[name] / median / peak_flops, max_abs_diff=diffs[name],
                         spread=spread, warmup_s=warmup[name], peak_gib=peaks.get(name)))
     for row in rows:
         row.ratio = row.per_second / rows[0].per_second
@@ -132,7 +132,8 @@ def table(rows: list[Row], unit: str, gpu: bool) -> str:
         head, rule = head + " peak GiB |", rule + "---|"
     lines = [head, rule]
     for r in rows:
-        line = (f"| {r.config} | {r.path} | {r.per_second:.3g} | {r.ratio:.2f} | {r.max_abs_diff:.1e} | "
+        diff = "–" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
+        line = (f"| {r.config} | {r.path} | {r.per_second:.3g} | {r.ratio:.2f} | {diff} | "
                 f"{r.spread:.0%} | {r.warmup_s:.0f} | {r.mfu:.1%} |")
         if gpu:
             peak = "" if r.peak_gib is None else f"{r.peak_gib:.1f}"
@@ -155,7 +156,8 @@ def report(device: torch.device, threads: int, size: str, sampling: list[Row], t
         lines += ["", "Training (the trainer's step without EMA):", "", table(training, "steps/s", gpu)]
     lines += ["", f"- machine load: {load.describe(threads)}"]
     lines.append(f"- MFU: DiT FLOPs (flop counter) / time / the measured matmul peak, {peak_flops / 1e12:.3g} TFLOP/s "
-                 f"({str(peak_dtype).removeprefix('torch.')}); training counts forward + backward of the DiT only")
+                 f"({str(peak_dtype).removeprefix('torch.')}); training counts forward + backward of the DiT only (MeanFlow "
+                 f"rows: their whole step, the JVP pass and the teacher's forwards included)")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ import torch
 from test_autoencoder_model import calibrated, tiny_autoencoder
 
 from svg_diffusion.data import FashionMNIST
-from svg_diffusion.diffusion import DiT, DiTConfig, compile_for_sampling, time_grid
+from svg_diffusion.diffusion import DiT, DiTConfig, compile_for_sampling, time_grid, warm_start_mean_flow
 from svg_diffusion.diffusion.latents import LatentStatistics, encode_latents
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as `python benchmarks/speed.py` has it
@@ -157,6 +157,19 @@ def relative_error(grads: dict, reference: dict) -> float:
     return ((flat - flat_reference).norm() / flat_reference.norm()).item()
 
 
+def test_the_mean_flow_step_trains_the_warm_started_dit_against_its_teacher(training_case):
+    autoencoder, stats, batch = training_case
+    teacher = tiny_dit(in_channels=autoencoder.latent_channels, input_size=autoencoder.latent_size)
+    model = warm_start_mean_flow(teacher, guidance_input=True)
+    before = {name: p.detach().clone() for name, p in teacher.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    loss = paths.training_step(model, optimizer, autoencoder, stats, batch, paths.MEAN_FLOW_RECIPE_TRAINING,
+                               torch.Generator().manual_seed(3), teacher=teacher)
+    assert torch.isfinite(loss) and loss > 0
+    assert all(torch.equal(p, before[name]) for name, p in teacher.named_parameters())  # the teacher stays
+    assert not torch.equal(model.final_layer.linear.weight, before["final_layer.linear.weight"])
+
+
 @pytest.mark.slow
 def test_compiled_fused_training_step_matches_eager(training_case):
     fp32_cached = replace(paths.PLAIN_TRAINING, cached_latents=True)
@@ -190,6 +203,17 @@ def test_flop_count_matches_the_transformer_arithmetic(size):
     forward, training = paths.forward_flops(size)
     assert expected <= forward < 1.01 * expected
     assert training == pytest.approx(3 * forward, rel=0.01)  # backward = 2x forward
+
+
+def test_mean_flow_flop_count_includes_the_forward_mode_pass():
+    """The MeanFlow step: the JVP pass (primal and tangent, 2 forwards and more: attention's products take the
+    tangents of both factors) and the backward (2); the recipe adds the teacher's conditional and unconditional
+    forwards (2). Without the tangent's operations the objective would count 3 forwards."""
+    forward, _ = paths.forward_flops("S")
+    objective = paths.mean_flow_flops("S", paths.MEAN_FLOW_TRAINING)
+    assert 4 * forward < objective < 6 * forward
+    recipe = paths.mean_flow_flops("S", paths.MEAN_FLOW_RECIPE_TRAINING)
+    assert recipe == pytest.approx(objective + 2 * forward, rel=0.01)
 
 
 def test_benchmark_runs_end_to_end_and_writes_its_tables(tmp_path, capsys):
