@@ -23,21 +23,12 @@ from svg_diffusion.diffusion.solvers import mean_flow_sample
 from svg_diffusion.diffusion.transformer import warm_start_mean_flow
 from svg_diffusion.errors import SVGError
 
+from test_diffusion import TINY, random_dit
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = dict(in_channels=4, input_size=4, hidden_size=32, depth=2, num_heads=4, num_classes=3)
 NEW_EMBEDDERS = ("interval_embedder.", "guidance_embedder.")
 SWITCHES = [{}, {"rope": True, "norm": "rmsnorm", "mlp": "swiglu", "patch_size": 2}]  # the DiT's block variants
-
-
-def random_dit(seed: int = 0, **overrides) -> DiT:
-    """A tiny DiT with every parameter random (adaLN-Zero would make the output identically zero)."""
-    torch.manual_seed(seed)
-    model = DiT(DiTConfig(**{**TINY, **overrides}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
 
 
 def dit_batch(batch: int = 6, seed: int = 1):
