@@ -81,12 +81,13 @@ PLAIN_TRAINING = TrainingPath("plain: online encoding, fp32")
 CACHED_BF16 = TrainingPath("cached latents + bf16", cached_latents=True, bf16=True)
 MEAN_FLOW_TRAINING = replace(CACHED_BF16, name="cached latents + bf16, MeanFlow objective", mean_flow=True)
 MEAN_FLOW_RECIPE_TRAINING = replace(MEAN_FLOW_TRAINING, name="+ teacher, guidance scale as an input", distilled=True)
+OPTIMIZED_TRAINING = replace(CACHED_BF16, name="+ compile + fused AdamW", compiled=True, fused_adamw=True)
 TRAINING_PATHS = [
     PLAIN_TRAINING,
     TrainingPath("cached latents", cached_latents=True),
     TrainingPath("bf16", bf16=True),
     CACHED_BF16,
-    replace(CACHED_BF16, name="+ compile + fused AdamW", compiled=True, fused_adamw=True),
+    OPTIMIZED_TRAINING,
     MEAN_FLOW_TRAINING,
     MEAN_FLOW_RECIPE_TRAINING,
 ]

@@ -183,8 +183,8 @@ def test_compiled_fused_training_step_matches_eager(training_case):
         # which softmax ignores) is rounding noise that moves its weight by up to ~1% of lr either way.
         torch.testing.assert_close(fast_weights[name], weights[name], rtol=0, atol=0.05 * LR,
                                    msg=lambda m, name=name: f"{name}: {m}")
-    # The benchmark's optimized row (bf16 too) against the plain path, at the bf16 tolerance.
-    _, bf16_grads, _ = run_step(training_case, paths.TRAINING_PATHS[-1])
+    # The benchmark's optimized flow-matching row (bf16 too) against the plain path, at the bf16 tolerance.
+    _, bf16_grads, _ = run_step(training_case, paths.OPTIMIZED_TRAINING)
     assert relative_error(bf16_grads, grads) < 0.03
 
 
