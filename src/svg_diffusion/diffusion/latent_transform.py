@@ -138,15 +138,8 @@ class PCATransform:
                 "scales": self.scales, "eigenvalues": self.eigenvalues}
 
     def save(self, folder: str | Path) -> Path:
-        """``folder/config.json`` + ``folder/transform.safetensors``, each written atomically."""
-        folder = Path(folder)
-        with atomic_path(folder / WEIGHTS_FILE) as tmp:
-            save_file({name: value.contiguous() for name, value in self.state().items()}, str(tmp),
-                      metadata={"format": FORMAT})
-        write_json(folder / CONFIG_FILE, {"format": FORMAT, "kind": self.kind, "components": self.channels,
-                                          "latent_channels": self.latent_channels,
-                                          "explained_variance": round(self.explained_variance, 6)})
-        return folder
+        """``folder/config.json`` + ``folder/transform.safetensors`` (:func:`save_latent_transform`)."""
+        return save_latent_transform(self, folder)
 
 
 LatentTransform = Union[LatentStatistics, PCATransform]
@@ -168,15 +161,17 @@ def transform_from_state(state: dict) -> LatentTransform:
 
 
 def save_latent_transform(transform: LatentTransform, folder: str | Path) -> Path:
-    """A transform folder (a per-channel transform too: config.json + transform.safetensors)."""
-    if isinstance(transform, PCATransform):
-        return transform.save(folder)
+    """A transform folder of either kind: ``config.json`` + ``transform.safetensors``, each written atomically."""
     folder = Path(folder)
+    state = transform_state(transform)
+    kind = state.pop("kind")
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file({"mean": transform.mean.contiguous(), "std": transform.std.contiguous()}, str(tmp),
-                  metadata={"format": FORMAT})
-    write_json(folder / CONFIG_FILE, {"format": FORMAT, "kind": "per_channel", "components": transform.channels,
-                                      "latent_channels": transform.channels})
+        save_file({name: value.contiguous() for name, value in state.items()}, str(tmp), metadata={"format": FORMAT})
+    description = {"format": FORMAT, "kind": kind, "components": transform.channels,
+                   "latent_channels": transform.latent_channels}
+    if isinstance(transform, PCATransform):
+        description["explained_variance"] = round(transform.explained_variance, 6)
+    write_json(folder / CONFIG_FILE, description)
     return folder
 
 
