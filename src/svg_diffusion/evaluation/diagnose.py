@@ -32,7 +32,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..diffusion.latent_transform import PCATransform, choose_components, fit_pca, off_subspace_energy
+from ..diffusion.latent_transform import (
+    CovarianceMoments, PCATransform, choose_components, off_subspace_energy, pca_from_moments,
+)
 from ..errors import SVGError
 from ..pipeline import SVGPipeline
 from ..sample_writer import class_labels, sample_noise
@@ -139,12 +141,14 @@ def diagnose(pipeline: SVGPipeline, real, *, limit: int = 2000, num_samples: int
         return max(0.0, frechet_distance(real_stats, inception_stats(decoded(z))[1]))
 
     # The diagnostic PCA: the whole spectrum, and the subspace of the pipeline's k (or of 97% of the variance).
-    spectrum_pca = fit_pca([z_real], z_real.shape[1])
+    moments = CovarianceMoments(z_real.shape[1])  # one pass over the latents serves both fits below
+    moments.add(z_real)
+    spectrum_pca = pca_from_moments(moments)
     spectrum, cumulative = _spectrum(spectrum_pca.eigenvalues)
     if pca_components is None:
         pca_components = (transform.channels if isinstance(transform, PCATransform)
                           else choose_components(spectrum_pca.eigenvalues, explained_variance=DEFAULT_EXPLAINED))
-    subspace = fit_pca([z_real], z_real.shape[1], components=pca_components)
+    subspace = pca_from_moments(moments, components=pca_components)
 
     results: dict = {"real": str(real), "images": len(dataset), "samples": num_samples,
                      "transform": transform.kind, "modelled_channels": transform.channels,
