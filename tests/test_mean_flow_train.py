@@ -76,6 +76,7 @@ def test_the_demo_config_fine_tunes_the_demo_flow_matching_run():
         assert to_dict(getattr(mean_flow, key)) == to_dict(getattr(flow_matching, key)), key
     assert Path(mean_flow.init_from) == Path(flow_matching.engine.out_dir) / "pipeline"
     assert mean_flow.mean_flow.distill and mean_flow.sampling.sampler == "mean_flow"
+    assert mean_flow.mean_flow.derivative == "finite_difference"  # a bf16 run on a CPU: docs/diffusion.md
 
 
 def test_a_mean_flow_run_leaves_a_one_step_pipeline_that_saves_and_loads(tmp_path, trained, autoencoder_dir, cache_dir):
