@@ -9,9 +9,9 @@ For each DiT size at the paper's latent shape (392x16x16) it measures
 - training: steps/s of the diffusion trainer's step (``trainers/diffusion.py``): latents (encoded online by the
   autoencoder, or read from the cache), normalized with the latent statistics, flow-matching MSE, backward,
   AdamW step. The EMA update is left out (it is the same in every path; its time is in the notes). The last
-  two rows are MeanFlow steps (``trainers/mean_flow.py``) on the same DiT: the objective alone, and the
-  shipped recipe with a teacher; a note gives their time against the flow-matching step they share every
-  other switch with;
+  four rows are MeanFlow steps (``trainers/mean_flow.py``) on the same DiT: the objective alone, and the
+  shipped recipe with a teacher, each with du/dt by the JVP and by a finite difference; a note gives their
+  time against the flow-matching step they share every other switch with;
 
 along a ladder of paths, each adding one switch to the row above, so every factor shows on its own. The
 plain path is what the public code does: two CFG passes, fp32, eager, latents encoded online. Each row
@@ -50,9 +50,10 @@ from svg_diffusion.training import EMA
 
 from reporting import DOCS, replace_block
 from speed_paths import (
-    CACHED_BF16, IMAGE_SIZE, LATENT_CHANNELS, LATENT_SIZE, MEAN_FLOW_RECIPE_TRAINING, MEAN_FLOW_TRAINING,
-    NUM_CLASSES, PLAIN_SAMPLING, PLAIN_TRAINING, SAMPLING_PATHS, SAMPLING_SHIFT, SAMPLING_STEPS, TRAINING_PATHS, SamplingPath, TrainingBatch,
-    TrainingPath, build_dit, forward_flops, mean_flow_flops, sample_latents, training_step,
+    CACHED_BF16, IMAGE_SIZE, LATENT_CHANNELS, LATENT_SIZE, MEAN_FLOW_FD_TRAINING, MEAN_FLOW_RECIPE_FD_TRAINING,
+    MEAN_FLOW_RECIPE_TRAINING, MEAN_FLOW_TRAINING, NUM_CLASSES, PLAIN_SAMPLING, PLAIN_TRAINING, SAMPLING_PATHS,
+    SAMPLING_SHIFT, SAMPLING_STEPS, TRAINING_PATHS, SamplingPath, TrainingBatch, TrainingPath, build_dit,
+    forward_flops, mean_flow_flops, sample_latents, training_step,
 )
 from speed_timing import Load, Row, cpu_share_note, matmul_peak, measure, report, rows_from, timed
 
@@ -207,7 +208,9 @@ def mean_flow_note(size: str, rows: list[Row], flops: dict[str, float]) -> str:
     return (f"training {size}: against the flow-matching step with cached latents + bf16 (interleaved in this "
             f"run), a MeanFlow step takes {cost(MEAN_FLOW_TRAINING.name)} for the objective alone (JVP pass and "
             f"backward) and {cost(MEAN_FLOW_RECIPE_TRAINING.name)} for the shipped recipe (+ the teacher's guided "
-            f"velocity, 2 forwards); their losses are another objective's (no difference shown)")
+            f"velocity, 2 forwards); with du/dt by a finite difference (a forward and backward, and an fp32 "
+            f"forward of both points of the rows with r != t), {cost(MEAN_FLOW_FD_TRAINING.name)} and "
+            f"{cost(MEAN_FLOW_RECIPE_FD_TRAINING.name)}; their losses are another objective's (no difference shown)")
 
 
 def ema_update_seconds(model: nn.Module, device: torch.device) -> float:

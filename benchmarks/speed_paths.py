@@ -2,10 +2,10 @@
 shape, one guided Euler sampling run and one step of the diffusion trainer's computation.
 
 Each path is a set of switches; each ladder adds one switch per row, so every factor shows on its own.
-tests/test_speed_paths.py checks every path against the plain one. The last two training rows change the
+tests/test_speed_paths.py checks every path against the plain one. The last four training rows change the
 objective instead: the MeanFlow step on the same DiT, warm-started, first the objective alone, then the
-shipped recipe (the guidance scale as an input, the flow-matching DiT as teacher); speed.py reports their
-cost against the flow-matching row they build on.
+shipped recipe (the guidance scale as an input, the flow-matching DiT as teacher), each with du/dt by the
+JVP and by a finite difference; speed.py reports their cost against the flow-matching row they build on.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -75,12 +76,18 @@ class TrainingPath:
     fused_adamw: bool = False  # AdamW(fused=True)
     mean_flow: bool = False  # the MEAN_FLOW objective on the warm-started DiT
     distilled: bool = False  # with mean_flow: MEAN_FLOW_RECIPE instead, the teacher the flow-matching DiT
+    finite_difference: bool = False  # with mean_flow: du/dt by a finite difference instead of the JVP
 
 
 PLAIN_TRAINING = TrainingPath("plain: online encoding, fp32")
 CACHED_BF16 = TrainingPath("cached latents + bf16", cached_latents=True, bf16=True)
 MEAN_FLOW_TRAINING = replace(CACHED_BF16, name="cached latents + bf16, MeanFlow objective", mean_flow=True)
 MEAN_FLOW_RECIPE_TRAINING = replace(MEAN_FLOW_TRAINING, name="+ teacher, guidance scale as an input", distilled=True)
+MEAN_FLOW_FD_TRAINING = replace(MEAN_FLOW_TRAINING, name="cached latents + bf16, MeanFlow objective, finite difference",
+                                finite_difference=True)
+MEAN_FLOW_RECIPE_FD_TRAINING = replace(MEAN_FLOW_RECIPE_TRAINING,
+                                       name="+ teacher, guidance scale as an input, finite difference",
+                                       finite_difference=True)
 OPTIMIZED_TRAINING = replace(CACHED_BF16, name="+ compile + fused AdamW", compiled=True, fused_adamw=True)
 TRAINING_PATHS = [
     PLAIN_TRAINING,
@@ -90,6 +97,8 @@ TRAINING_PATHS = [
     OPTIMIZED_TRAINING,
     MEAN_FLOW_TRAINING,
     MEAN_FLOW_RECIPE_TRAINING,
+    MEAN_FLOW_FD_TRAINING,
+    MEAN_FLOW_RECIPE_FD_TRAINING,
 ]
 
 
@@ -123,22 +132,33 @@ def forward_flops(size: str) -> tuple[float, float]:
 
 
 def mean_flow_objective(path: TrainingPath) -> MeanFlowConfig:
-    return MEAN_FLOW_RECIPE if path.distilled else MEAN_FLOW
+    objective = MEAN_FLOW_RECIPE if path.distilled else MEAN_FLOW
+    return replace(objective, derivative="finite_difference") if path.finite_difference else objective
 
 
 def mean_flow_flops(size: str, path: TrainingPath) -> float:
-    """FLOPs of a MeanFlow path's training step per sample (the JVP pass, the backward and, distilled, the
-    teacher's forwards), counted on the meta device."""
+    """FLOPs of a MeanFlow path's training step per sample (the JVP pass or the forward and the finite
+    difference's, the backward and, distilled, the teacher's forwards), counted on the meta device.
+
+    The finite difference's forward takes the rows with r != t, which the meta device cannot pick (it has no
+    data): counted with every row in it (torch's opt-in meta ``nonzero``), less the expected
+    1 - ``interval_fraction`` of its rows that a step leaves out.
+    """
+    objective = mean_flow_objective(path)
     with torch.device("meta"):
         teacher = DiT(dit_config(size))
         model = warm_start_mean_flow(teacher, guidance_input=True)
         x, y = torch.randn(1, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE), torch.zeros(1, dtype=torch.long)
-        draws = draw_mean_flow_inputs(tuple(x.shape), FLOW, mean_flow_objective(path), None, "meta")
-    counter = FlopCounterMode(display=False)
-    with counter:
-        mean_flow_loss(model, x, y, draws, mean_flow_objective(path), teacher if path.distilled else None
-                       ).loss.backward()
-    return float(counter.get_total_flops())
+        draws = draw_mean_flow_inputs(tuple(x.shape), FLOW, objective, None, "meta")
+    step, forward = FlopCounterMode(display=False), FlopCounterMode(display=False)
+    with step, fx_config.patch(meta_nonzero_assume_all_nonzero=True):
+        mean_flow_loss(model, x, y, draws, objective, teacher if path.distilled else None).loss.backward()
+    if not path.finite_difference:
+        return float(step.get_total_flops())
+    with forward, torch.no_grad():
+        model(x, draws.t, y, r=draws.r, guidance=draws.guidance)
+    left_out = 2 * (1 - objective.interval_fraction) * forward.get_total_flops()  # both points of those rows
+    return float(step.get_total_flops() - left_out)
 
 
 def sample_latents(model: nn.Module, path: SamplingPath, noise: torch.Tensor, labels: torch.Tensor,

@@ -157,14 +157,16 @@ def relative_error(grads: dict, reference: dict) -> float:
     return ((flat - flat_reference).norm() / flat_reference.norm()).item()
 
 
-def test_the_mean_flow_step_trains_the_warm_started_dit_against_its_teacher(training_case):
+@pytest.mark.parametrize("path", [paths.MEAN_FLOW_RECIPE_TRAINING, paths.MEAN_FLOW_RECIPE_FD_TRAINING],
+                         ids=["jvp", "finite_difference"])
+def test_the_mean_flow_step_trains_the_warm_started_dit_against_its_teacher(training_case, path):
     autoencoder, stats, batch = training_case
     teacher = tiny_dit(in_channels=autoencoder.latent_channels, input_size=autoencoder.latent_size)
     model = warm_start_mean_flow(teacher, guidance_input=True)
     before = {name: p.detach().clone() for name, p in teacher.named_parameters()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    loss = paths.training_step(model, optimizer, autoencoder, stats, batch, paths.MEAN_FLOW_RECIPE_TRAINING,
-                               torch.Generator().manual_seed(3), teacher=teacher)
+    loss = paths.training_step(model, optimizer, autoencoder, stats, batch, path, torch.Generator().manual_seed(3),
+                               teacher=teacher)
     assert torch.isfinite(loss) and loss > 0
     assert all(torch.equal(p, before[name]) for name, p in teacher.named_parameters())  # the teacher stays
     assert not torch.equal(model.final_layer.linear.weight, before["final_layer.linear.weight"])
@@ -208,12 +210,17 @@ def test_flop_count_matches_the_transformer_arithmetic(size):
 def test_mean_flow_flop_count_includes_the_forward_mode_pass():
     """The MeanFlow step: the JVP pass (primal and tangent, 2 forwards and more: attention's products take the
     tangents of both factors) and the backward (2); the recipe adds the teacher's conditional and unconditional
-    forwards (2). Without the tangent's operations the objective would count 3 forwards."""
+    forwards (2). Without the tangent's operations the objective would count 3 forwards. With a finite difference
+    instead of the JVP: the forward and backward (3) and both points of the rows with r != t (2 x 0.25)."""
     forward, _ = paths.forward_flops("S")
     objective = paths.mean_flow_flops("S", paths.MEAN_FLOW_TRAINING)
     assert 4 * forward < objective < 6 * forward
     recipe = paths.mean_flow_flops("S", paths.MEAN_FLOW_RECIPE_TRAINING)
     assert recipe == pytest.approx(objective + 2 * forward, rel=0.01)
+    finite = paths.mean_flow_flops("S", paths.MEAN_FLOW_FD_TRAINING)
+    assert finite == pytest.approx(3.5 * forward, rel=0.01)
+    assert paths.mean_flow_flops("S", paths.MEAN_FLOW_RECIPE_FD_TRAINING) == pytest.approx(finite + 2 * forward,
+                                                                                          rel=0.01)
 
 
 def test_benchmark_runs_end_to_end_and_writes_its_tables(tmp_path, capsys):
