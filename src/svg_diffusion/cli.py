@@ -274,6 +274,23 @@ def add_fit_latent_transform(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="the model folder of a training run's checkpoint (a run stopped early, or "
+                                      "still going): a pipeline or an autoencoder")
+    p.add_argument("run", help="the run's out_dir (holds config.yaml and checkpoints/)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--step", type=POSITIVE_INT, default=None, help="the checkpoint's step (default: the latest)")
+    p.add_argument("--autoencoder", default=None,
+                   help="diffusion runs: another autoencoder of the same latent (a fine-tuned decoder) for the pipeline")
+
+    def run(args: argparse.Namespace) -> None:
+        from .export import export_run
+
+        print(export_run(args.run, args.out, args.step, args.autoencoder))
+
+    p.set_defaults(handler=run)
+
+
 def add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="class-conditional samples of a pipeline: a grid PNG, an image folder or an .npz")
     p.add_argument("--pipeline", required=True, help="pipeline folder (train's out_dir/pipeline)")
@@ -496,7 +513,7 @@ def add_feature_cache(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS = [add_demo, add_encode, add_encoders, add_train_autoencoder, add_eval_autoencoder, add_convert_official,
-            add_train, add_cache_latents, add_latent_stats, add_fit_latent_transform, add_sample,
+            add_train, add_cache_latents, add_latent_stats, add_fit_latent_transform, add_export, add_sample,
             add_pretrain_encoder, add_probe, add_evaluate, add_diagnose, add_feature_cache]
 
 

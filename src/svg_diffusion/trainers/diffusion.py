@@ -295,6 +295,13 @@ def preview_classes(preview: PreviewConfig, class_names: list[str]) -> list[int]
     return list(preview.classes)
 
 
+def transformer_config(config: DiffusionTrainConfig, latent_size: int, channels: int, num_classes: int) -> DiTConfig:
+    """The DiT a run trains: ``config.model`` on ``channels`` x ``latent_size``^2 latents (those the latent
+    transform gives), with MeanFlow's extra inputs when the run has a ``mean_flow`` section."""
+    dit_config = config.model.build(channels, latent_size, num_classes)
+    return dit_config if config.mean_flow is None else mean_flow_transformer(dit_config, config.mean_flow)
+
+
 def warn_if_token_exceeds_width(config: DiTConfig) -> None:
     """Warn when a patch token carries more numbers than the transformer's width (RAE: width >= token dimension).
 
@@ -342,9 +349,7 @@ class DiffusionTrainer(Trainer):
         self.preview_classes = preview_classes(config.preview, class_names)
         size = autoencoder.latent_size
         self.flow = config.flow.resolved(size * size, transform.channels)
-        dit_config = config.model.build(transform.channels, size, len(class_names))
-        if config.mean_flow is not None:
-            dit_config = mean_flow_transformer(dit_config, config.mean_flow)
+        dit_config = transformer_config(config, size, transform.channels, len(class_names))
         warn_if_token_exceeds_width(dit_config)
         check_sampler(dit_config, config.sampling.sampler, config.sampling.guidance)  # before training, not after
         # Seeded on its own, so the initialization does not depend on what ran before (loading, statistics).
@@ -383,7 +388,8 @@ class DiffusionTrainer(Trainer):
         self.ema.update(self.transformer)
 
     def state_dict(self) -> dict:
-        state = {"ema": self.ema.state_dict(), "latent_transform": transform_state(self.transform)}
+        state = {"ema": self.ema.state_dict(), "latent_transform": transform_state(self.transform),
+                 "class_names": list(self.class_names)}  # so that `export` needs no dataset
         if self.teacher_digest is not None:
             state["teacher_sha256"] = self.teacher_digest
         return state
@@ -392,6 +398,9 @@ class DiffusionTrainer(Trainer):
         if state.get("teacher_sha256") != self.teacher_digest:
             raise SVGError(f"init_from {self.config.init_from}: the teacher's weights are not those the checkpoint "
                            "was trained with (they changed, or distill changed): resume with the original teacher")
+        if state.get("class_names", self.class_names) != self.class_names:
+            raise SVGError(f"the checkpoint was trained on the classes {state['class_names']}, the data has "
+                           f"{self.class_names}: resume on the same data")
         self.ema.load_state_dict(state["ema"])
         if "latent_stats" in state:  # checkpoints written before latent transforms existed
             self.transform = LatentStatistics(state["latent_stats"]["mean"], state["latent_stats"]["std"])
