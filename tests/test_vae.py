@@ -163,9 +163,11 @@ def test_shipped_demo_configs_are_the_svg_recipe_with_the_vae():
     assert to_dict(vae.model.decoder) == {**to_dict(svg.model.decoder), "z_channels": 4}
     assert (vae.loss, vae.optimizer, vae.data) == (svg.loss, svg.optimizer, svg.data)
     assert {**to_dict(vae.engine), "out_dir": None} == {**to_dict(svg.engine), "out_dir": None}
-    # The DiT recipe: configs/demo/diffusion.yaml with the VAE's folder, cache and run directory.
+    # The DiT recipe: configs/demo/diffusion.yaml with the VAE's folder, cache and run directory; the latent
+    # transform differs (16 PCA directions of the SVG's 136 channels; the VAE's 4 channels, per channel).
     dit_vae, dit_svg = (to_dict(load_config(DiffusionTrainConfig, repo / name))
                         for name in ("vae_diffusion.yaml", "diffusion.yaml"))
+    assert (dit_svg["latent_transform"]["kind"], dit_vae["latent_transform"]["kind"]) == ("pca", "per_channel")
     for config in (dit_vae, dit_svg):
-        del config["autoencoder"], config["latent_cache"], config["engine"]["out_dir"]
+        del config["autoencoder"], config["latent_cache"], config["engine"]["out_dir"], config["latent_transform"]
     assert dit_vae == dit_svg
