@@ -152,22 +152,44 @@ def test_train_config_picks_the_model_class_by_kind(tmp_path):
         from_dict(AutoencoderTrainConfig, {**data, "model": {**MODEL, "kind": "vqgan"}})
 
 
-def test_shipped_demo_configs_are_the_svg_recipe_with_the_vae():
-    repo = Path(__file__).resolve().parents[1] / "configs" / "demo"
-    vae, svg = (load_config(AutoencoderTrainConfig, repo / name) for name in ("vae.yaml", "autoencoder.yaml"))
-    assert isinstance(vae.model, VAEConfig) and vae.model.latent_channels == 4
+DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+# The VAE arms of the small-scale reproduction: autoencoder config, DiT config, latent channels (8x8x4, LDM's;
+# 8x8x16, as many numbers per image as the SVG arm's 16 PCA directions).
+DEMO_VAE_ARMS = [("vae.yaml", "vae_diffusion.yaml", 4), ("vae16.yaml", "vae16_diffusion.yaml", 16)]
+
+
+@pytest.mark.parametrize("autoencoder, diffusion, channels", DEMO_VAE_ARMS)
+def test_shipped_demo_configs_are_the_svg_recipe_with_the_vae(autoencoder, diffusion, channels):
+    vae, svg = (load_config(AutoencoderTrainConfig, DEMO_CONFIGS / name) for name in (autoencoder, "autoencoder.yaml"))
+    assert isinstance(vae.model, VAEConfig) and vae.model.latent_channels == channels
     with torch.device("meta"):
         model = KLAutoencoder(vae.model)
-    assert (model.latent_channels, model.latent_size) == (4, 8)  # the SVG latent's 8x8 grid
+    assert (model.latent_channels, model.latent_size) == (channels, 8)  # the SVG latent's 8x8 grid
     # The same decoder shape, losses, optimizer, data and engine (steps, batch, seed) as the SVG demo.
-    assert to_dict(vae.model.decoder) == {**to_dict(svg.model.decoder), "z_channels": 4}
+    assert to_dict(vae.model.decoder) == {**to_dict(svg.model.decoder), "z_channels": channels}
     assert (vae.loss, vae.optimizer, vae.data) == (svg.loss, svg.optimizer, svg.data)
     assert {**to_dict(vae.engine), "out_dir": None} == {**to_dict(svg.engine), "out_dir": None}
     # The DiT recipe: configs/demo/diffusion.yaml with the VAE's folder, cache and run directory; the latent
-    # transform differs (16 PCA directions of the SVG's 136 channels; the VAE's 4 channels, per channel).
-    dit_vae, dit_svg = (to_dict(load_config(DiffusionTrainConfig, repo / name))
-                        for name in ("vae_diffusion.yaml", "diffusion.yaml"))
+    # transform differs (16 PCA directions of the SVG's 136 channels; the VAE's channels, per channel).
+    dit_vae, dit_svg = (to_dict(load_config(DiffusionTrainConfig, DEMO_CONFIGS / name))
+                        for name in (diffusion, "diffusion.yaml"))
+    assert Path(dit_vae["autoencoder"]) == Path(vae.engine.out_dir) / "autoencoder"  # the folder the VAE run writes
     assert (dit_svg["latent_transform"]["kind"], dit_vae["latent_transform"]["kind"]) == ("pca", "per_channel")
     for config in (dit_vae, dit_svg):
         del config["autoencoder"], config["latent_cache"], config["engine"]["out_dir"], config["latent_transform"]
     assert dit_vae == dit_svg
+
+
+def test_the_16_channel_vae_arm_is_the_4_channel_one_in_folders_of_its_own():
+    vae, vae16 = (to_dict(load_config(AutoencoderTrainConfig, DEMO_CONFIGS / name))
+                  for name in ("vae.yaml", "vae16.yaml"))
+    assert vae16["model"] == {**vae["model"], "latent_channels": 16,
+                              "decoder": {**vae["model"]["decoder"], "z_channels": 16}}
+    dit, dit16 = (to_dict(load_config(DiffusionTrainConfig, DEMO_CONFIGS / name))
+                  for name in ("vae_diffusion.yaml", "vae16_diffusion.yaml"))
+    folders, folders16 = ({config["engine"]["out_dir"], config["latent_cache"], run["engine"]["out_dir"]}
+                          for config, run in ((dit, vae), (dit16, vae16)))
+    assert len(folders | folders16) == 6  # no run, cache or autoencoder is shared
+    for config in (dit, dit16):
+        del config["autoencoder"], config["latent_cache"], config["engine"]["out_dir"]
+    assert dit16 == dit
