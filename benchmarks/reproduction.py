@@ -1,11 +1,15 @@
-"""Small-scale reproduction on Fashion-MNIST 32x32: SVG latents vs the VAE baseline with the same DiT recipe.
+"""Small-scale reproduction on Fashion-MNIST 32x32: SVG latents vs VAE baselines with the same DiT recipe.
 
-Arms (the same DiT config, seed, data order and steps; only the autoencoder and its latent cache differ):
+Arms (the same DiT config, seed, data order and steps; only the autoencoder, its latent cache and the latent
+transform differ):
 
 - SVG: the demo autoencoder (configs/demo/autoencoder.yaml: frozen demo encoder + residual, 8x8x136) and
-  configs/demo/diffusion.yaml;
+  configs/demo/diffusion.yaml, whose DiT models the latent's whitened top-16 PCA directions (8x8x16);
 - VAE: the KL autoencoder of configs/demo/vae.yaml (8x8x4, same decoder, losses, steps) and
-  configs/demo/vae_diffusion.yaml (configs/demo/diffusion.yaml with the VAE's folder and cache).
+  configs/demo/vae_diffusion.yaml (configs/demo/diffusion.yaml with the VAE's folder and cache, the 4 channels
+  normalized per channel);
+- VAE-16: the same with 16 latent channels (configs/demo/vae16.yaml, configs/demo/vae16_diffusion.yaml): 8x8x16,
+  as many numbers per image as the SVG arm's DiT models.
 
 Measurements, each written to ``--out``/results.json as soon as it is made (a rerun skips what is there and
 continues the DiT runs where they stopped: the engine's resume is exact and ``max_steps`` is raised per
@@ -14,8 +18,8 @@ segment; the constant learning rate does not depend on it):
 1. ``fid``: generation FID at each of ``--steps`` (the config's sampler: 25 Euler steps, CFG 1.5, shift 2);
 2. ``sampling``: at the last of ``--steps``, FID for ``--sampling-steps`` with and without CFG;
 3. ``probe``: the fixed linear probe / k-NN protocol (``evaluation.probe``) on the flattened 8x8 maps of the
-   demo encoder's features, the SVG latent, the VAE latent, and on raw pixels;
-4. ``reconstruction``: the VAE evaluated like the SVG autoencoders (eval-autoencoder, first 2000 test
+   demo encoder's features, each arm's autoencoder latent (SVG: all 136 channels), and on raw pixels;
+4. ``reconstruction``: each VAE evaluated like the SVG autoencoders (eval-autoencoder, first 2000 test
    images), next to the demo SVG autoencoder and the ablation's variants (their saved JSON);
 5. ``variants``: arms that change the recipe of a main arm (``--variant NAME BASE KEY=VALUE ...``, e.g.
    ``--variant "SVG shift 3" SVG flow.shift=3``), FID at each of ``--steps`` with the config's sampler, and
@@ -31,9 +35,13 @@ Inception statistics of the first ``--reference`` Fashion-MNIST test images (cac
 The SVG arm's DiT checkpoints may come from a run of configs/demo/diffusion.yaml made elsewhere
 (``--svg-checkpoints``, e.g. copies of runs/demo/diffusion/checkpoints): a checkpoint there is used when its
 engine settings equal the config's (out_dir, max_steps and keep_last_checkpoints aside); otherwise the arm
-is trained here like the VAE arm.
+is trained here like the VAE arms. A missing latent cache of an arm is made first (cache-latents).
 
-    OMP_NUM_THREADS=1 python benchmarks/reproduction.py --docs          # needs runs/demo/vae/autoencoder
+    svg-diffusion train-autoencoder --config configs/demo/vae.yaml       # the VAE arms' autoencoders
+    svg-diffusion train-autoencoder --config configs/demo/vae16.yaml
+    svg-diffusion cache-latents --config configs/demo/vae16_diffusion.yaml   # optional: the script does it
+    OMP_NUM_THREADS=1 python benchmarks/reproduction.py --docs           # all three arms
+    OMP_NUM_THREADS=1 python benchmarks/reproduction.py --only fid sampling --arms VAE-16 --docs   # one arm
     python benchmarks/reproduction.py --docs --only docs                 # rewrite docs/results.md from results.json
 """
 
@@ -63,10 +71,12 @@ from svg_diffusion.training import read_records
 
 from reporting import REPO, Results
 from reproduction_report import write_docs
-from reproduction_runs import ARMS, VARIANTS, arm_config, checkpoint_at, ensure_vae_cache, log, pipeline_at
+from reproduction_runs import (
+    ARMS, VAE_ARMS, VARIANTS, arm_config, checkpoint_at, ensure_latent_cache, log, pipeline_at, slug,
+)
 
-SVG_AUTOENCODER_EVAL = REPO / "runs/demo/autoencoder/eval" / METRICS_FILE
-ABLATION = REPO / "runs/ablation/autoencoder"
+SVG_AUTOENCODER = REPO / "runs/demo/autoencoder/autoencoder"
+ABLATION = REPO / "runs/ablation/autoencoder"  # its variants' autoencoder folders: ABLATION/<slug>/autoencoder
 ABLATION_VARIANTS = {"encoder only": "encoder_only", "+ residual": "residual", "+ residual + alignment": "residual_alignment"}
 
 
@@ -142,21 +152,18 @@ def measure_variants(args, results: Results, fid: FID) -> None:
 
 
 def measure_probe(args, results: Results) -> None:
-    """Linear probe + k-NN of four feature sets of the same images (flattened 8x8 maps; pixels flattened)."""
-    names = ["pixels", "demo encoder features", "SVG latent", "VAE latent"]
+    """Linear probe + k-NN of feature sets of the same images: pixels, the demo encoder's features and each arm's
+    autoencoder latent (flattened 8x8 maps; pixels flattened)."""
+    latents = {f"{arm} latent": arm for arm in ARMS}
+    names = ["pixels", "demo encoder features", *latents]
     if all(results.get("probe", name) is not None for name in names):
         return
     train = FashionMNIST("train", image_size=32, limit=args.probe_train)
     test = FashionMNIST("test", image_size=32, limit=args.probe_test)
-    svg = load_autoencoder(load_config(DiffusionTrainConfig, ARMS["SVG"]).autoencoder)
-    vae = load_autoencoder(load_config(DiffusionTrainConfig, ARMS["VAE"]).autoencoder)
+    autoencoders = {arm: load_autoencoder(load_config(DiffusionTrainConfig, ARMS[arm]).autoencoder) for arm in ARMS}
+    svg = autoencoders["SVG"]
     encoder_dims = svg.encoder.embed_dim * svg.latent_size**2  # the SVG latent's first channels are the features
-
-    def features(fn):
-        return [extract_features(fn, split, mode="patch", batch_size=250, progress=True) for split in (train, test)]
-
-    latent_sets = {"pixels": lambda: features(lambda x: x), "SVG latent": lambda: features(svg.encode),
-                   "VAE latent": lambda: features(vae.encode)}
+    encoders = {"pixels": lambda x: x, **{name: autoencoders[arm].encode for name, arm in latents.items()}}
     cached = {}
     for name in names:
         if results.get("probe", name) is not None:
@@ -164,7 +171,8 @@ def measure_probe(args, results: Results) -> None:
         started = time.perf_counter()
         source = "SVG latent" if name == "demo encoder features" else name
         if source not in cached:
-            cached[source] = latent_sets[source]()
+            cached[source] = [extract_features(encoders[source], split, mode="patch", batch_size=250, progress=True)
+                              for split in (train, test)]
         (train_x, train_y), (test_x, test_y) = cached[source]
         if name == "demo encoder features":
             train_x, test_x = train_x[:, :encoder_dims], test_x[:, :encoder_dims]
@@ -179,23 +187,45 @@ def trained_steps(run_dir: Path) -> int | None:
     return records[-1]["step"] if records else None
 
 
+def saved_evaluation(folder: Path) -> Path:
+    """Where eval-autoencoder's metrics of an autoencoder folder (a run's out_dir/autoencoder) are kept."""
+    return folder.parent / "eval" / METRICS_FILE
+
+
+def reconstruction_row(folder: Path) -> dict:
+    """The saved eval-autoencoder metrics of an autoencoder folder, its latent's shape [h, w, C] and the steps
+    its run trained."""
+    autoencoder = load_autoencoder(folder)
+    return {**json.loads(saved_evaluation(folder).read_text()),
+            "latent": [autoencoder.latent_size, autoencoder.latent_size, autoencoder.latent_channels],
+            "steps": trained_steps(folder.parent)}
+
+
 def measure_reconstruction(args, results: Results) -> None:
-    """The VAE through eval-autoencoder; the SVG rows from the saved evaluations (not rerun here)."""
-    vae_dir = Path(load_config(DiffusionTrainConfig, ARMS["VAE"]).autoencoder)
-    eval_dir = vae_dir.parent / "eval"
-    if not (eval_dir / METRICS_FILE).is_file():
-        log("evaluating the VAE's reconstructions (eval-autoencoder, first 2000 test images)")
-        eval_autoencoder(vae_dir, limit=2000, out_dir=eval_dir, progress=True)
-    rows = {"VAE (KL, 8x8x4)": {**json.loads((eval_dir / METRICS_FILE).read_text()),
-                                "steps": trained_steps(vae_dir.parent)}}
-    if SVG_AUTOENCODER_EVAL.is_file():
-        rows["SVG demo (+ residual + alignment)"] = {**json.loads(SVG_AUTOENCODER_EVAL.read_text()),
-                                                    "steps": trained_steps(SVG_AUTOENCODER_EVAL.parents[1])}
-    for label, slug in ABLATION_VARIANTS.items():
-        saved = ABLATION / slug / "eval" / METRICS_FILE
-        if saved.is_file():
-            rows[f"ablation: {label}"] = {**json.loads(saved.read_text()), "steps": trained_steps(ABLATION / slug)}
+    """Each VAE arm's autoencoder through eval-autoencoder (when not evaluated yet); the SVG rows from the saved
+    evaluations (not rerun here)."""
+    rows = {}
+    for arm in VAE_ARMS:
+        folder = Path(load_config(DiffusionTrainConfig, ARMS[arm]).autoencoder)
+        if not saved_evaluation(folder).is_file():
+            log(f"{arm}: evaluating the VAE's reconstructions (eval-autoencoder, first 2000 test images)")
+            eval_autoencoder(folder, limit=2000, out_dir=saved_evaluation(folder).parent, progress=True)
+        rows[arm] = reconstruction_row(folder)
+    saved = {"SVG demo (+ residual + alignment)": SVG_AUTOENCODER,
+             **{f"ablation: {label}": ABLATION / name / "autoencoder" for label, name in ABLATION_VARIANTS.items()}}
+    for label, folder in saved.items():
+        if saved_evaluation(folder).is_file():
+            rows[label] = reconstruction_row(folder)
     results.put(rows, "reconstruction")
+
+
+def sampled_arms(stage: str, args) -> list[str]:
+    """The arms whose DiT a sampling stage measures: ``--arms``, or the variants and the main arms they change
+    (sampled at ``--matched-at`` when a variant changes the training shift)."""
+    if stage != "variants":
+        return list(args.arms)
+    names = [name for name, *_ in args.variant]
+    return list(dict.fromkeys(names + [VARIANTS[name]["base"] for name in names]))
 
 
 def main() -> None:
@@ -211,15 +241,16 @@ def main() -> None:
     parser.add_argument("--probe-test", type=int, default=5000)
     parser.add_argument("--svg-checkpoints", type=Path, default=Path("runs/reproduction/svg_dit_checkpoints"),
                         help="checkpoints of a configs/demo/diffusion.yaml run to use for the SVG arm")
-    parser.add_argument("--svg-config", type=Path, default=ARMS["SVG"], help="the SVG arm's diffusion config")
-    parser.add_argument("--vae-config", type=Path, default=ARMS["VAE"], help="the VAE arm's diffusion config")
+    for arm, config in ARMS.items():  # --svg-config, --vae-config, --vae16-config
+        parser.add_argument(f"--{arm.lower().replace('-', '')}-config", dest=f"{slug(arm)}_config", type=Path,
+                            default=config, help=f"the {arm} arm's diffusion config")
     parser.add_argument("--matched-at", type=int, default=None,
                         help="variants: DiT step of the FIDs at sampling shift = training shift (default: the last of --steps)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                         help="main arms to measure in the fid and sampling stages (e.g. one per process)")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME BASE KEY=VALUE",
-                        help="a variant arm for the 'variants' stage: a main arm (SVG or VAE) with config overrides; "
-                             "repeat for more")
+                        help=f"a variant arm for the 'variants' stage: a main arm ({', '.join(ARMS)}) with config "
+                             "overrides; repeat for more")
     parser.add_argument("--only", nargs="+", choices=["reconstruction", "fid", "probe", "sampling", "variants", "docs"],
                         default=["fid", "reconstruction", "probe", "sampling", "variants"])
     parser.add_argument("--docs", action="store_true", help="write the tables and plots into docs/results.md")
@@ -227,7 +258,7 @@ def main() -> None:
     args.steps = sorted(args.steps)
     args.sampling_at = args.sampling_at or args.steps[-1]
     args.matched_at = args.matched_at or args.steps[-1]
-    ARMS.update(SVG=args.svg_config, VAE=args.vae_config)
+    ARMS.update({arm: getattr(args, f"{slug(arm)}_config") for arm in ARMS})
     results = Results(args.out / "results.json")
     VARIANTS.update(results.get("variants") or {})
     for name, base, *overrides in args.variant:
@@ -256,7 +287,8 @@ def main() -> None:
         elif stage == "probe":
             measure_probe(args, results)
         else:
-            ensure_vae_cache()
+            for arm in sampled_arms(stage, args):
+                ensure_latent_cache(arm, args.out)
             fid = fid or FID(args)
             if stage == "variants":
                 for name, *_ in args.variant:

@@ -10,7 +10,7 @@ from svg_diffusion.training import checkpoint_path
 from svg_diffusion.utils.files import atomic_path
 
 from reporting import DOCS, IMAGES, Results, replace_block
-from reproduction_runs import ARMS, log, run_dir
+from reproduction_runs import ARMS, log, run_dir, slug
 
 PAGE = DOCS / "results.md"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
@@ -72,17 +72,29 @@ def preamble(results: Results, args) -> list[str]:
     training = "; ".join(f"{arm} " + ", ".join(f"to {s}: {minutes(t)}" for s, t in runs.items())
                          for arm, runs in (wall.get("dit_training") or {}).items())
     return [
-        "Fashion-MNIST 32×32, two arms that differ only in the autoencoder: **SVG** = the demo autoencoder",
-        "(frozen demo encoder + 8-channel residual, 8×8×136 latents; configs/demo/autoencoder.yaml) and **VAE** = a",
-        "KL-regularized conv autoencoder with the same decoder, losses, optimizer, steps and batch (8×8×4 latents,",
-        "KL weight 1e-6; configs/demo/vae.yaml, `svg_diffusion.autoencoder.vae`). Both latents train the same DiT",
-        "(configs/demo/diffusion.yaml vs configs/demo/vae_diffusion.yaml: same model, flow, optimizer, seed, data",
-        "order, batch 128, EMA 0.999 with warmup), so equal steps are equal compute (the DiT differs only in its input and",
-        "output channels).",
+        "Fashion-MNIST 32×32, three arms that differ only in the autoencoder and what the DiT models of its latent:",
+        "",
+        "| arm | autoencoder | latent | the DiT models | numbers the DiT models per image |",
+        "|---|---|---|---|---:|",
+        "| SVG | the demo autoencoder: frozen demo encoder + 8-channel residual (configs/demo/autoencoder.yaml) | "
+        "8×8×136 | its whitened top-16 PCA directions, one basis for all positions (configs/demo/diffusion.yaml) | "
+        "1024 |",
+        "| VAE | KL-regularized conv autoencoder, KL weight 1e-6 (configs/demo/vae.yaml) | 8×8×4 | "
+        "the latent normalized per channel (configs/demo/vae_diffusion.yaml) | 256 |",
+        "| VAE-16 | the same with 16 channels (configs/demo/vae16.yaml) | 8×8×16 | "
+        "the latent normalized per channel (configs/demo/vae16_diffusion.yaml) | 1024 |",
+        "",
+        "The VAEs (`svg_diffusion.autoencoder.vae`) have the SVG autoencoder's decoder, losses, optimizer, batch and",
+        "configured steps ((4) gives the steps each run trained); VAE keeps LDM's 4 channels, VAE-16 gives its DiT as",
+        "many numbers per image as the SVG arm's. The three DiT configs are the same recipe (model, flow, optimizer,",
+        "seed, data order, batch 128, EMA 0.999 with warmup) but for the latent transform, so equal steps are equal",
+        "compute (the DiT differs only in its input and output channels: 16, 4, 16).",
         "",
         "```",
-        "svg-diffusion train-autoencoder --config configs/demo/vae.yaml --set engine.max_steps=600  # see (4)",
-        "svg-diffusion cache-latents --config configs/demo/vae_diffusion.yaml   # the script does it when missing",
+        "svg-diffusion train-autoencoder --config configs/demo/vae.yaml     # (4) gives the steps each one trained",
+        "svg-diffusion train-autoencoder --config configs/demo/vae16.yaml",
+        "svg-diffusion cache-latents --config configs/demo/vae_diffusion.yaml     # the script does it when missing",
+        "svg-diffusion cache-latents --config configs/demo/vae16_diffusion.yaml",
         f"OMP_NUM_THREADS=1 python benchmarks/reproduction.py --steps {' '.join(map(str, args.steps))} "
         + ("" if args.sampling_at == args.steps[-1] else f"--sampling-at {args.sampling_at} ")
         + f"--samples {args.samples} --probe-train {args.probe_train} --probe-test {args.probe_test} --docs",
@@ -94,7 +106,7 @@ def preamble(results: Results, args) -> list[str]:
         f"- SVG arm at step(s) {', '.join(map(str, borrowed)) or 'none'}: the checkpoints of the demo run of",
         "  configs/demo/diffusion.yaml (runs/demo/diffusion, copied before pruning; the script checks that the run's",
         "  config is this recipe); at the other steps the script trained the arm itself with the same config. VAE",
-        "  arm: trained by the script in segments (exact resume; the constant learning rate after warmup does not",
+        "  arms: trained by the script in segments (exact resume; the constant learning rate after warmup does not",
         "  depend on `max_steps`).",
         f"- Machine: {setting.get('machine', '?')}, a 2-core CPU shared with other jobs (timings are not speeds of",
         f"  the methods); torch threads per stage: {threads or '?'}. Time per stage (summed over processes where",
@@ -142,9 +154,8 @@ def markdown(results: Results, args) -> str:
     if recon:
         lines += ["| autoencoder | latent | training steps (batch 32) | PSNR ↑ | SSIM ↑ | LPIPS ↓ | rFID ↓ |",
                   "|---|---|---:|---:|---:|---:|---:|"]
-        shapes = {"VAE": "8×8×4", "encoder only": "8×8×128"}
         for name, r in recon.items():
-            shape = next((v for k, v in shapes.items() if k in name), "8×8×136")
+            shape = "×".join(map(str, r["latent"]))
             lines.append(f"| {name} | {shape} | {r.get('steps') or '?'} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
                          f"{r['lpips']:.4f} | {r['rfid']:.1f} |")
     else:
@@ -179,26 +190,26 @@ def variants_table(results: Results) -> list[str]:
     return lines
 
 
-def copy_sample_grids(args) -> list[str]:
-    """Each arm's preview grid (the trainer's, CFG 4, same noise) at the last of ``--steps``, into docs/images."""
-    lines, name = [], f"samples/step_{args.steps[-1]:08d}.png"
+def copy_sample_grids(args) -> dict[str, str]:
+    """Each arm's preview grid (the trainer's, CFG 4, same noise) at the last of ``--steps``, into docs/images:
+    arm -> its markdown image, for the arms that have one."""
+    images, name = {}, f"samples/step_{args.steps[-1]:08d}.png"
     for arm in ARMS:
         folders = [run_dir(arm, args.out)] + ([args.svg_checkpoints] if arm == "SVG" else [])  # borrowed: SVG only
         found = [folder / name for folder in folders if (folder / name).is_file()]
         if found:
-            target = IMAGES / f"reproduction_samples_{arm.lower()}.png"
+            target = IMAGES / f"reproduction_samples_{slug(arm)}.png"
             with atomic_path(target) as tmp:
                 tmp.write_bytes(found[0].read_bytes())
-            lines.append(f"![{arm} latents, DiT step {args.steps[-1]}](images/{target.name})")
-    return lines
+            images[arm] = f"![{arm} latents, DiT step {args.steps[-1]}](images/{target.name})"
+    return images
 
 
 def write_docs(results: Results, args) -> None:
     plot(results, args)
-    grids = copy_sample_grids(args)
-    if grids:
-        grids = ["", f"Preview grids at DiT step {args.steps[-1]} (EMA, 25 Euler steps, CFG 4, one row per class; "
-                 "left SVG, right VAE):", "", " ".join(grids)]
+    images = copy_sample_grids(args)
+    grids = ["", f"Preview grids at DiT step {args.steps[-1]} (EMA, 25 Euler steps, CFG 4, one row per class; "
+             f"left to right: {', '.join(images)}):", "", " ".join(images.values())] if images else []
     # The page is read right before writing: another section of it has another author.
     replace_block(PAGE, START, END, markdown(results, args) + "\n" + "\n".join(grids),
                   heading="## Small-scale reproduction (`benchmarks/reproduction.py`)\n\n")

@@ -18,7 +18,9 @@ from svg_diffusion.training import checkpoint_path, load_checkpoint
 
 from reporting import REPO, Results
 
-ARMS = {"SVG": REPO / "configs/demo/diffusion.yaml", "VAE": REPO / "configs/demo/vae_diffusion.yaml"}  # --svg/--vae-config
+ARMS = {"SVG": REPO / "configs/demo/diffusion.yaml", "VAE": REPO / "configs/demo/vae_diffusion.yaml",
+        "VAE-16": REPO / "configs/demo/vae16_diffusion.yaml"}  # --svg/--vae/--vae16-config
+VAE_ARMS = ("VAE", "VAE-16")  # the arms whose autoencoder is a VAE trained for the reproduction (8x8x4, 8x8x16)
 VARIANTS: dict[str, dict] = {}  # name -> {"base": main arm, "overrides": ["key=value", ...]} (--variant)
 # Engine settings that may differ between a borrowed checkpoint's run and ours without changing training.
 FREE_ENGINE_KEYS = {"out_dir", "max_steps", "keep_last_checkpoints", "log_every", "sample_every", "checkpoint_every"}
@@ -28,8 +30,13 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def slug(arm: str) -> str:
+    """An arm's name in file names: svg, vae, vae_16, svg_shift_3."""
+    return re.sub(r"[^a-z0-9]+", "_", arm.lower())
+
+
 def run_dir(arm: str, out: Path) -> Path:
-    return out / (re.sub(r"[^a-z0-9]+", "_", arm.lower()) + "_dit")  # svg_dit, vae_dit, svg_shift_3_dit
+    return out / f"{slug(arm)}_dit"
 
 
 def arm_config(arm: str, out: Path, max_steps: int) -> DiffusionTrainConfig:
@@ -88,8 +95,9 @@ def pipeline_at(arm: str, checkpoint: Path, args):
     return trainer.ema_pipeline()
 
 
-def ensure_vae_cache() -> None:
-    config = load_config(DiffusionTrainConfig, ARMS["VAE"])
+def ensure_latent_cache(arm: str, out: Path) -> None:
+    """Encode the training latents of an arm (main or variant) into its config's cache, unless they are there."""
+    config = arm_config(arm, out, 1)
     if not (Path(config.latent_cache) / "index.json").is_file():
-        log(f"caching the VAE latents into {config.latent_cache}")
+        log(f"{arm}: caching the latents into {config.latent_cache}")
         cache_training_latents(config)
