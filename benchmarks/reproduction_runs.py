@@ -7,13 +7,9 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
-from svg_diffusion.autoencoder import load_autoencoder
 from svg_diffusion.config import load_config, to_dict
-from svg_diffusion.trainers.diffusion import (
-    DiffusionTrainConfig, DiffusionTrainer, cache_training_latents, dataset_classes, train_diffusion, training_dataset,
-)
+from svg_diffusion.export import checkpoint_pipeline
+from svg_diffusion.trainers.diffusion import DiffusionTrainConfig, cache_training_latents, train_diffusion
 from svg_diffusion.training import checkpoint_path, load_checkpoint
 
 from reporting import REPO, Results
@@ -85,14 +81,8 @@ def checkpoint_at(arm: str, step: int, args, results: Results) -> Path:
 
 
 def pipeline_at(arm: str, checkpoint: Path, args):
-    """The EMA pipeline of a DiT checkpoint (the latent statistics are the checkpoint's)."""
-    config = arm_config(arm, args.out, 1)
-    autoencoder = load_autoencoder(config.autoencoder)
-    dataset = training_dataset(config, autoencoder, progress=False)  # checks the cache against the autoencoder
-    trainer = DiffusionTrainer(config, autoencoder, dataset.statistics(), dataset_classes(dataset), cached=True,
-                               device=torch.device("cpu"))
-    trainer.load_state_dict(load_checkpoint(checkpoint)["trainer"])
-    return trainer.ema_pipeline()
+    """The EMA pipeline of a DiT checkpoint (with the checkpoint's latent transform)."""
+    return checkpoint_pipeline(arm_config(arm, args.out, 1), load_checkpoint(checkpoint))
 
 
 def ensure_latent_cache(arm: str, out: Path) -> None:

@@ -49,16 +49,12 @@ def same_latent(autoencoder: Autoencoder, trained_with: Autoencoder, name: str, 
                        "a decoder fine-tuned on the same latent (train_parts: decoder) can replace it")
 
 
-def export_diffusion_run(run_dir: Path, state: dict, out: Path, autoencoder: str | Path | None = None) -> Path:
-    """The EMA pipeline of a diffusion run's checkpoint ``state``, saved to ``out``; see the module docstring."""
-    from .trainers.diffusion import DiffusionTrainConfig, dataset_classes, training_dataset, transformer_config
+def checkpoint_pipeline(config, state: dict, autoencoder: Autoencoder | None = None) -> SVGPipeline:
+    """The pipeline of the EMA transformer in a diffusion checkpoint's ``state`` (a run of ``config``, a
+    ``DiffusionTrainConfig``), with the checkpoint's latent transform and ``autoencoder`` (default: the run's)."""
+    from .trainers.diffusion import dataset_classes, training_dataset, transformer_config
 
-    config = load_config(DiffusionTrainConfig, run_dir / RUN_CONFIG)
-    trained_with = load_autoencoder(config.autoencoder)
-    model = trained_with
-    if autoencoder is not None:
-        model = load_autoencoder(autoencoder)
-        same_latent(model, trained_with, str(autoencoder), str(config.autoencoder))
+    autoencoder = autoencoder if autoencoder is not None else load_autoencoder(config.autoencoder)
     trainer_state = state["trainer"]
     if "latent_stats" in trainer_state:  # checkpoints written before latent transforms existed
         stats = trainer_state["latent_stats"]
@@ -68,11 +64,22 @@ def export_diffusion_run(run_dir: Path, state: dict, out: Path, autoencoder: str
     # Checkpoints written before they held the class names: the training data's (the run's cache or dataset).
     class_names = trainer_state.get("class_names")
     if class_names is None:
-        class_names = dataset_classes(training_dataset(config, trained_with, progress=False))
-    transformer = DiT(transformer_config(config, model.latent_size, transform.channels, len(class_names)))
+        class_names = dataset_classes(training_dataset(config, load_autoencoder(config.autoencoder), progress=False))
+    transformer = DiT(transformer_config(config, autoencoder.latent_size, transform.channels, len(class_names)))
     transformer.load_state_dict(trainer_state["ema"]["shadow"])
-    pipe = SVGPipeline(model, transformer.eval(), transform, class_names or None, config.sampling)
-    return pipe.save_pretrained(out)
+    return SVGPipeline(autoencoder, transformer.eval(), transform, class_names or None, config.sampling)
+
+
+def export_diffusion_run(run_dir: Path, state: dict, out: Path, autoencoder: str | Path | None = None) -> Path:
+    """The EMA pipeline of a diffusion run's checkpoint ``state``, saved to ``out``; see the module docstring."""
+    from .trainers.diffusion import DiffusionTrainConfig
+
+    config = load_config(DiffusionTrainConfig, run_dir / RUN_CONFIG)
+    model = None
+    if autoencoder is not None:
+        model = load_autoencoder(autoencoder)
+        same_latent(model, load_autoencoder(config.autoencoder), str(autoencoder), str(config.autoencoder))
+    return checkpoint_pipeline(config, state, model).save_pretrained(out)
 
 
 def export_autoencoder_run(run_dir: Path, state: dict, out: Path) -> Path:
