@@ -143,15 +143,20 @@ def test_config_errors(settings, message):
         LatentTransformConfig(**settings)
 
 
-def pca_pipeline(demo, latents, k: int = 16) -> SVGPipeline:
-    pca = fit_pca([latents], 136, components=k)
+def random_dit(in_channels: int) -> DiT:
+    """A tiny DiT on 8x8 latents whose samples depend on its (seeded random) weights."""
     torch.manual_seed(0)
-    transformer = DiT(DiTConfig(in_channels=k, input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2,
-                                num_classes=10))
+    transformer = DiT(DiTConfig(in_channels=in_channels, input_size=8, patch_size=2, hidden_size=32, depth=2,
+                                num_heads=2, num_classes=10))
     with torch.no_grad():  # adaLN-Zero starts at zero velocity: perturb so samples depend on the weights
         for p in transformer.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return SVGPipeline(demo.autoencoder, transformer, pca, demo.class_names, SamplingDefaults(num_steps=3, shift=2.0))
+    return transformer
+
+
+def pca_pipeline(demo, latents, k: int = 16) -> SVGPipeline:
+    pca = fit_pca([latents], 136, components=k)
+    return SVGPipeline(demo.autoencoder, random_dit(k), pca, demo.class_names, SamplingDefaults(num_steps=3, shift=2.0))
 
 
 def test_a_pca_pipeline_samples_through_the_transform_and_saves_it(demo, latents, tmp_path):
@@ -170,7 +175,8 @@ def test_a_pca_pipeline_samples_through_the_transform_and_saves_it(demo, latents
     assert_same_pca(pipe.latent_transform, loaded.latent_transform, atol=0)
     assert torch.equal(loaded([0, 7], latents=noise, output_type="latent"), latent)
     # saving a per-channel pipeline over it leaves no stale PCA behind
-    SVGPipeline(demo.autoencoder, demo.transformer, demo.latent_transform, demo.class_names).save_pretrained(folder)
+    per_channel = LatentStatistics(latents.mean((0, 2, 3)), latents.std((0, 2, 3)))
+    SVGPipeline(demo.autoencoder, random_dit(136), per_channel, demo.class_names).save_pretrained(folder)
     assert not (folder / TRANSFORM_FOLDER).exists()
     assert SVGPipeline.from_pretrained(folder).latent_transform.kind == "per_channel"
 
@@ -181,13 +187,17 @@ def test_the_transform_must_fit_the_transformer(demo, latents):
         SVGPipeline(demo.autoencoder, pipe.transformer, fit_pca([latents], 136, components=8))
 
 
-def test_a_pipeline_folder_from_before_transforms_samples_exactly_as_documented(demo):
-    """The shipped demo folder holds latent_stats.safetensors only: per-channel, the same numbers as ever."""
-    assert not (Path(DEMO_PIPELINE_DIR) / TRANSFORM_FOLDER).exists()
-    stats = LatentStatistics.load(Path(DEMO_PIPELINE_DIR) / STATS_FILE)
-    assert demo.latent_transform.kind == "per_channel" and torch.equal(demo.latent_transform.mean, stats.mean)
-    noise = torch.randn(demo.noise_shape(2), generator=torch.Generator().manual_seed(3))
-    latent = demo([2, 9], latents=noise, num_steps=3, output_type="latent")
-    velocity = guided_velocity(demo.transformer, torch.tensor([2, 9]), demo.sampling.guidance, 3)
-    expected = stats.denormalize(sample_euler(velocity, noise, time_grid(3, demo.sampling.shift)))
+def test_a_pipeline_folder_from_before_transforms_samples_exactly_as_documented(demo, latents, tmp_path):
+    """A per-channel pipeline folder holds latent_stats.safetensors only, as every folder saved before transforms
+    existed (the first shipped demo's): it loads as per-channel and samples the same numbers as ever."""
+    stats = LatentStatistics(latents.mean((0, 2, 3)), latents.std((0, 2, 3)))
+    folder = SVGPipeline(demo.autoencoder, random_dit(136), stats, demo.class_names,
+                         SamplingDefaults(num_steps=3, shift=2.0)).save_pretrained(tmp_path / "per_channel")
+    assert (folder / STATS_FILE).is_file() and not (folder / TRANSFORM_FOLDER).exists()
+    old = SVGPipeline.from_pretrained(folder)
+    assert old.latent_transform.kind == "per_channel" and torch.equal(old.latent_transform.mean, stats.mean)
+    noise = torch.randn(old.noise_shape(2), generator=torch.Generator().manual_seed(3))
+    latent = old([2, 9], latents=noise, num_steps=3, output_type="latent")
+    velocity = guided_velocity(old.transformer, torch.tensor([2, 9]), old.sampling.guidance, 3)
+    expected = stats.denormalize(sample_euler(velocity, noise, time_grid(3, old.sampling.shift)))
     assert torch.equal(latent, expected)
