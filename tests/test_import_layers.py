@@ -16,6 +16,7 @@ LAYERS = [
     {"sample_writer"},
     {"evaluation"},
     {"demo", "trainers", "official", "encode_dataset"},
+    {"export"},
     {"cli"},
 ]
 LAYER = {name: rank for rank, names in enumerate(LAYERS) for name in names}
