@@ -20,8 +20,7 @@ import torch
 
 from .autoencoder import Autoencoder, build_autoencoder, load_autoencoder
 from .config import load_config
-from .diffusion.latent_transform import transform_from_state
-from .diffusion.latents import LatentStatistics, autoencoder_fingerprint
+from .diffusion.latents import autoencoder_fingerprint
 from .diffusion.transformer import DiT
 from .errors import SVGError
 from .pipeline import SVGPipeline
@@ -52,19 +51,16 @@ def same_latent(autoencoder: Autoencoder, trained_with: Autoencoder, name: str, 
 def checkpoint_pipeline(config, state: dict, autoencoder: Autoencoder | None = None) -> SVGPipeline:
     """The pipeline of the EMA transformer in a diffusion checkpoint's ``state`` (a run of ``config``, a
     ``DiffusionTrainConfig``), with the checkpoint's latent transform and ``autoencoder`` (default: the run's)."""
-    from .trainers.diffusion import dataset_classes, training_dataset, transformer_config
+    from .trainers.diffusion import checkpoint_transform, dataset_classes, training_dataset, transformer_config
 
     autoencoder = autoencoder if autoencoder is not None else load_autoencoder(config.autoencoder)
     trainer_state = state["trainer"]
-    if "latent_stats" in trainer_state:  # checkpoints written before latent transforms existed
-        stats = trainer_state["latent_stats"]
-        transform = LatentStatistics(stats["mean"], stats["std"])
-    else:
-        transform = transform_from_state(trainer_state["latent_transform"])
-    # Checkpoints written before they held the class names: the training data's (the run's cache or dataset).
+    transform = checkpoint_transform(trainer_state)
+    # Checkpoints written before they held the class names: the training data's (the run's cache or dataset;
+    # a cache accepts any autoencoder of its latent).
     class_names = trainer_state.get("class_names")
     if class_names is None:
-        class_names = dataset_classes(training_dataset(config, load_autoencoder(config.autoencoder), progress=False))
+        class_names = dataset_classes(training_dataset(config, autoencoder, progress=False))
     transformer = DiT(transformer_config(config, autoencoder.latent_size, transform.channels, len(class_names)))
     transformer.load_state_dict(trainer_state["ema"]["shadow"])
     return SVGPipeline(autoencoder, transformer.eval(), transform, class_names or None, config.sampling)

@@ -295,6 +295,13 @@ def preview_classes(preview: PreviewConfig, class_names: list[str]) -> list[int]
     return list(preview.classes)
 
 
+def checkpoint_transform(trainer_state: dict) -> LatentTransform:
+    """The latent transform a diffusion checkpoint's trainer state holds."""
+    if "latent_stats" in trainer_state:  # checkpoints written before latent transforms existed
+        return LatentStatistics(trainer_state["latent_stats"]["mean"], trainer_state["latent_stats"]["std"])
+    return transform_from_state(trainer_state["latent_transform"])
+
+
 def transformer_config(config: DiffusionTrainConfig, latent_size: int, channels: int, num_classes: int) -> DiTConfig:
     """The DiT a run trains: ``config.model`` on ``channels`` x ``latent_size``^2 latents (those the latent
     transform gives), with MeanFlow's extra inputs when the run has a ``mean_flow`` section."""
@@ -402,10 +409,7 @@ class DiffusionTrainer(Trainer):
             raise SVGError(f"the checkpoint was trained on the classes {state['class_names']}, the data has "
                            f"{self.class_names}: resume on the same data")
         self.ema.load_state_dict(state["ema"])
-        if "latent_stats" in state:  # checkpoints written before latent transforms existed
-            self.transform = LatentStatistics(state["latent_stats"]["mean"], state["latent_stats"]["std"])
-        else:
-            self.transform = transform_from_state(state["latent_transform"])
+        self.transform = checkpoint_transform(state)
 
     def ema_pipeline(self) -> SVGPipeline:
         """The pipeline of the EMA transformer as it is now."""
