@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from svg_diffusion.autoencoder import Decoder, DecoderConfig
+from svg_diffusion.autoencoder.decoder import runs_faster_channels_last
 from svg_diffusion.config import ConfigError, from_dict
 
 DEMO = DecoderConfig(z_channels=136, resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
@@ -43,6 +44,20 @@ def test_demo_decoder_runs_and_backpropagates():
     out.square().mean().backward()
     assert z.grad.abs().sum() > 0 and decoder.last_layer.grad is not None
     assert len(decoder.up[2].attn) == 2 and len(decoder.up[0].attn) == 0  # attention at 8x8 only
+
+
+def test_cpu_inference_in_channels_last_matches_the_contiguous_path():
+    decoder = Decoder(DEMO).eval()
+    z = torch.randn(4, 136, 8, 8, generator=torch.Generator().manual_seed(0))
+    contiguous = decoder(z).detach()  # with gradients the decoder keeps the contiguous layout
+    with torch.no_grad():
+        assert runs_faster_channels_last(z)
+        fast = decoder(z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not runs_faster_channels_last(z)  # GroupNorm in channels_last is slower in bf16
+    assert not runs_faster_channels_last(z)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, contiguous)  # fp32 tolerances: only the summation order differs
 
 
 def test_decoder_config_is_validated():

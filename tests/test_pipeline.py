@@ -86,6 +86,8 @@ def test_class_names_are_labels(pipe):
         pipe([1], latents=noise)
     with pytest.raises(SVGError, match="unknown output_type"):
         pipe([1], output_type="png")
+    with pytest.raises(SVGError, match="unknown precision 'fp16'"):
+        pipe([1], precision="fp16")
 
 
 def test_save_and_load_reproduce_the_samples(pipe, tmp_path):

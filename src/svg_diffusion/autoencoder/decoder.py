@@ -169,8 +169,22 @@ class Decoder(nn.Module):
         return self.conv_out.weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(z)
+        channels_last = runs_faster_channels_last(z)
+        h = self.conv_in(z.contiguous(memory_format=torch.channels_last) if channels_last else z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        images = self.conv_out(F.silu(self.norm_out(h)))
+        return images.contiguous() if channels_last else images  # callers get the usual layout either way
+
+
+def runs_faster_channels_last(z: torch.Tensor) -> bool:
+    """Whether the decoder runs faster with ``z`` in channels_last: fp32 inference on the CPU.
+
+    There oneDNN's convolutions work in channels_last natively: the demo decoder decodes 80 latents ~10%
+    faster (one thread), equal to fp32 rounding. Not under bf16 autocast (GroupNorm in channels_last made
+    it ~1.4x slower), not with gradients (training measured no faster, and keeps its numbers), not on GPUs
+    (not measured).
+    """
+    return (z.device.type == "cpu" and z.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
