@@ -1,4 +1,7 @@
-"""docs/results.md's "Small-scale reproduction" section from the reproduction's results.json: tables, plots, grids."""
+"""docs/results.md's "Small-scale reproduction" section from the reproduction's results.json: tables, plots, grids.
+
+What each arm is comes from the results (``arms``: what the measuring script read from the arm's configs,
+autoencoder and latent transform), so any set of arms and variants renders."""
 
 from __future__ import annotations
 
@@ -6,14 +9,14 @@ from pathlib import Path
 
 from svg_diffusion.config import load_config
 from svg_diffusion.trainers.diffusion import DiffusionTrainConfig
-from svg_diffusion.training import checkpoint_path
 from svg_diffusion.utils.files import atomic_path
 
 from reporting import DOCS, IMAGES, Results, replace_block
-from reproduction_runs import ARMS, log, run_dir, slug
+from reproduction_runs import ARMS, grid_path, log, run_dir, shown, slug
 
 PAGE = DOCS / "results.md"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
+TRANSFORM_WORDS = {"pca": "whitened PCA directions", "per_channel": "normalized per channel"}  # the latent transforms
 
 
 def plot(results: Results, args) -> list[Path]:
@@ -51,7 +54,7 @@ def plot(results: Results, args) -> list[Path]:
         ax.set(xscale="log", xlabel="sampling steps (Euler)", ylabel="FID", title="FID vs sampling steps")
         ax.set_xticks(args.sampling_steps, [str(n) for n in args.sampling_steps])
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
         save(fig, "reproduction_fid_vs_sampling.png")
     return written
 
@@ -64,66 +67,128 @@ def minutes(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds / 60:.0f} min"
 
 
+def shape(dims: list[int]) -> str:
+    return "×".join(map(str, dims))
+
+
+def main_arms(results: Results) -> list[str]:
+    """The main arms the results describe, in the order of ``ARMS``."""
+    described = results.get("arms") or {}
+    return [arm for arm in ARMS if arm in described]
+
+
+def modelled(arm: dict) -> str:
+    """What an arm's DiT models of its latent, in words."""
+    if arm["transform"] == "pca":
+        return (f"its whitened top-{arm['modelled'][2]} PCA directions ({100 * arm['explained_variance']:.1f}% of "
+                "the variance), one basis for all positions")
+    return "the latent normalized per channel"
+
+
+def borrowed_checkpoints(results: Results, args) -> dict[str, dict[str, list[int]]]:
+    """arm -> {run folder: steps} of the FID points that sampled checkpoints of a run other than the script's."""
+    borrowed: dict[str, dict[str, list[int]]] = {}
+    for arm, points in (results.get("fid") or {}).items():
+        own = shown(run_dir(arm, args.out))
+        for step, point in points.items():
+            run = str(Path(point["checkpoint"]).parent.parent)
+            if run != own:
+                borrowed.setdefault(arm, {}).setdefault(run, []).append(int(step))
+    return borrowed
+
+
 def preamble(results: Results, args) -> list[str]:
     setting, wall = results.get("setting") or {}, results.get("wall_s") or {}
     stages = ", ".join(f"{stage} {minutes(t)}" for stage, t in (wall.get("stages") or {}).items())
     threads = ", ".join(f"{stage} {n}" for stage, n in (setting.get("threads") or {}).items())
-    borrowed = [s for s in args.steps if checkpoint_path(args.svg_checkpoints, s).is_file()]
     training = "; ".join(f"{arm} " + ", ".join(f"to {s}: {minutes(t)}" for s, t in runs.items())
                          for arm, runs in (wall.get("dit_training") or {}).items())
-    return [
-        "Fashion-MNIST 32×32, three arms that differ only in the autoencoder and what the DiT models of its latent:",
+    described, arms = results.get("arms") or {}, main_arms(results)
+    borrowed = borrowed_checkpoints(results, args)
+    lines = [f"Fashion-MNIST 32×32, {len(arms)} arms that differ only in the autoencoder and what the DiT models of "
+             "its latent:", "",
+             "| arm | autoencoder | latent | the DiT models | numbers the DiT models per image | DiT config |",
+             "|---|---|---|---|---:|---|"]
+    for arm in arms:
+        a = described[arm]
+        numbers = a["modelled"][0] * a["modelled"][1] * a["modelled"][2]
+        lines.append(f"| {arm} | {a['autoencoder_kind']} (`{a['autoencoder']}`) | {shape(a['latent'])} | "
+                     f"{modelled(a)} | {numbers} | `{a['config']}` |")
+    channels = ", ".join(f"{arm} {described[arm]['modelled'][2]}" for arm in arms)
+    options = [f"--out {args.out}", "--steps " + " ".join(map(str, args.steps))]
+    if args.sampling_at != args.steps[-1]:
+        options.append(f"--sampling-at {args.sampling_at}")
+    options += [f"--samples {args.samples}", f"--probe-train {args.probe_train}", f"--probe-test {args.probe_test}"]
+    options += dict.fromkeys(f"--svg-checkpoints {run}" for runs in borrowed.values() for run in runs)
+    command = "OMP_NUM_THREADS=1 python benchmarks/reproduction.py " + " ".join(options)
+    lines += [
         "",
-        "| arm | autoencoder | latent | the DiT models | numbers the DiT models per image |",
-        "|---|---|---|---|---:|",
-        "| SVG | the demo autoencoder: frozen demo encoder + 8-channel residual (configs/demo/autoencoder.yaml) | "
-        "8×8×136 | its whitened top-16 PCA directions, one basis for all positions (configs/demo/diffusion.yaml) | "
-        "1024 |",
-        "| VAE | KL-regularized conv autoencoder, KL weight 1e-6 (configs/demo/vae.yaml) | 8×8×4 | "
-        "the latent normalized per channel (configs/demo/vae_diffusion.yaml) | 256 |",
-        "| VAE-16 | the same with 16 channels (configs/demo/vae16.yaml) | 8×8×16 | "
-        "the latent normalized per channel (configs/demo/vae16_diffusion.yaml) | 1024 |",
-        "",
-        "The VAEs (`svg_diffusion.autoencoder.vae`) have the SVG autoencoder's decoder, losses, optimizer, batch and",
-        "configured steps ((4) gives the steps each run trained); VAE keeps LDM's 4 channels, VAE-16 gives its DiT as",
-        "many numbers per image as the SVG arm's. The three DiT configs are the same recipe (model, flow, optimizer,",
-        "seed, data order, batch 128, EMA 0.999 with warmup) but for the latent transform, so equal steps are equal",
-        "compute (the DiT differs only in its input and output channels: 16, 4, 16).",
+        "The DiT configs are one recipe (model, flow, optimizer, seed, data order, batch 128, EMA 0.999 with warmup)",
+        "but for the autoencoder and the latent transform, so equal steps are equal compute: the DiTs differ only in",
+        f"their input and output channels ({channels}).",
+        "Every autoencoder was trained with the demo autoencoder's decoder, losses, optimizer, batch and steps, and",
+        "none decodes with a decoder fine-tuned afterwards (the SVG arm's is the demo v1 autoencoder, not demo v2's",
+        "fine-tuned decoder); (4) gives the steps each one trained where its run's log came with it.",
         "",
         "```",
-        "svg-diffusion train-autoencoder --config configs/demo/vae.yaml     # (4) gives the steps each one trained",
-        "svg-diffusion train-autoencoder --config configs/demo/vae16.yaml",
-        "svg-diffusion cache-latents --config configs/demo/vae_diffusion.yaml     # the script does it when missing",
-        "svg-diffusion cache-latents --config configs/demo/vae16_diffusion.yaml",
-        f"OMP_NUM_THREADS=1 python benchmarks/reproduction.py --steps {' '.join(map(str, args.steps))} "
-        + ("" if args.sampling_at == args.steps[-1] else f"--sampling-at {args.sampling_at} ")
-        + f"--samples {args.samples} --probe-train {args.probe_train} --probe-test {args.probe_test} --docs",
+        *dict.fromkeys(f"{described[arm]['autoencoder_made_by']}   # the {arm} arm's autoencoder" for arm in arms),
+        f"{command}   # one process per core: --only STAGES --arms ARMS (the script's docstring)",
         "```",
         "",
-        f"- FID: {setting.get('samples', args.samples)} generated images (classes balanced, DiT in bf16, sample i",
-        f"  from seed (0, i)) against the Inception statistics of the first {setting.get('reference', args.reference)}",
-        "  test images; with this few samples FID is biased upward, so only compare numbers within these tables.",
-        f"- SVG arm at step(s) {', '.join(map(str, borrowed)) or 'none'}: the checkpoints of the demo run of",
-        "  configs/demo/diffusion.yaml (runs/demo/diffusion, copied before pruning; the script checks that the run's",
-        "  config is this recipe); at the other steps the script trained the arm itself with the same config. VAE",
-        "  arms: trained by the script in segments (exact resume; the constant learning rate after warmup does not",
-        "  depend on `max_steps`).",
+        f"- FID: {setting.get('samples', args.samples)} generated images (classes balanced, DiT and decoder in bf16,",
+        f"  sample i from seed (0, i)) against the Inception statistics of the first {setting.get('reference', args.reference)}",
+        "  test images; FID is biased upward at this sample count, so compare numbers within these tables only.",
+    ]
+    for arm, runs in borrowed.items():
+        for run, steps in runs.items():
+            lines += [f"- {arm} arm at step(s) {', '.join(map(str, sorted(steps)))}: the checkpoints of `{run}`, a",
+                      "  run made elsewhere; the script checked that its config is the arm's recipe, each checkpoint's",
+                      "  engine settings, and that its autoencoder encodes exactly as the arm's (every weight but the",
+                      "  decoder's), so its DiT modelled this latent, decoded here by the arm's",
+                      f"  `{described[arm]['autoencoder']}`."]
+    lines += [
+        "- Every other point: a DiT the script trained itself, in segments (exact resume; the constant learning rate",
+        "  after warmup does not depend on `max_steps`).",
         f"- Machine: {setting.get('machine', '?')}, a 2-core CPU shared with other jobs (timings are not speeds of",
         f"  the methods); torch threads per stage: {threads or '?'}. Time per stage (summed over processes where",
         f"  several ran one stage side by side): {stages or '?'}; of which DiT training: {training or '?'}.",
         "",
     ]
+    return lines
+
+
+def probe_label(name: str, row: dict, described: dict) -> str:
+    """A probe row's feature set in words (the arm's latent, or what its DiT models of it)."""
+    arm = described.get(row.get("arm"))
+    if arm is None:
+        return name
+    if row["features"] == "latent":
+        return f"{row['arm']}: autoencoder latent, all {arm['latent'][2]} channels"
+    return f"{row['arm']}: what its DiT models ({shape(arm['modelled'])}, {TRANSFORM_WORDS[arm['transform']]})"
+
+
+def decodes(row: dict, described: dict) -> str:
+    """What a reconstruction row decoded: the autoencoder's latent, or that latent through the arm's transform."""
+    if row["decodes"] == "latent":
+        return f"the latent ({shape(row['latent'])})"
+    h, w, c = row["latent"]
+    kept = f"{shape([h, w, row['modelled_channels']])} of {shape([h, w, c])}"
+    arm = described.get(row["arm"], {})
+    if "explained_variance" in arm:
+        kept += f", {100 * arm['explained_variance']:.1f}% of the variance"
+    return f"the latent through its DiT's {TRANSFORM_WORDS[row['transform']]} ({kept})"
 
 
 def markdown(results: Results, args) -> str:
     lines = preamble(results, args)
+    arms, described = main_arms(results), results.get("arms") or {}
     fid = results.get("fid") or {}
-    steps = sorted({int(s) for points in fid.values() for s in points})
+    steps = sorted({int(s) for arm in arms for s in fid.get(arm, {})})
     lines += ["### (1) Generation FID vs DiT training steps", ""]
     if steps:
-        lines += ["| DiT steps | " + " | ".join(f"{arm} latents" for arm in ARMS) + " |",
-                  "|---:|" + "---:|" * len(ARMS)]
-        lines += [f"| {s} | " + " | ".join(fid_cell(results.get("fid", arm, str(s))) for arm in ARMS) + " |"
+        lines += ["| DiT steps | " + " | ".join(f"{arm} latents" for arm in arms) + " |",
+                  "|---:|" + "---:|" * len(arms)]
+        lines += [f"| {s} | " + " | ".join(fid_cell(results.get("fid", arm, str(s))) for arm in arms) + " |"
                   for s in steps]
         lines += ["", "![FID vs training steps](images/reproduction_fid_vs_steps.png)"]
     else:
@@ -133,10 +198,10 @@ def markdown(results: Results, args) -> str:
                   key=lambda k: (-float(k.split("/")[1]), int(k.split("/")[0])))
     lines += ["", f"### (2) FID vs sampling steps (DiT after {args.sampling_at} steps)", ""]
     if keys:
-        lines += ["| Euler steps | CFG scale | " + " | ".join(f"{arm} latents" for arm in ARMS) + " |",
-                  "|---:|---:|" + "---:|" * len(ARMS)]
+        lines += ["| Euler steps | CFG scale | " + " | ".join(f"{arm} latents" for arm in arms) + " |",
+                  "|---:|---:|" + "---:|" * len(arms)]
         lines += [f"| {k.split('/')[0]} | {k.split('/')[1]} | "
-                  + " | ".join(fid_cell(results.get("sampling", arm, k)) for arm in ARMS) + " |" for k in keys]
+                  + " | ".join(fid_cell(results.get("sampling", arm, k)) for arm in arms) + " |" for k in keys]
         lines += ["", "![FID vs sampling steps](images/reproduction_fid_vs_sampling.png)"]
     else:
         lines += ["Not measured."]
@@ -145,19 +210,24 @@ def markdown(results: Results, args) -> str:
     if probe:
         lines += ["| features (flattened 8×8 map) | dim | linear probe | k-NN (k=20) | train / test images |",
                   "|---|---:|---:|---:|---|"]
-        lines += [f"| {name} | {r['dim']} | {100 * r['linear_top1']:.1f}% | {100 * r['knn_top1']:.1f}% | "
-                  f"{r['num_train']} / {r['num_test']} |" for name, r in probe.items()]
+        lines += [f"| {probe_label(name, r, described)} | {r['dim']} | {100 * r['linear_top1']:.1f}% | "
+                  f"{100 * r['knn_top1']:.1f}% | {r['num_train']} / {r['num_test']} |" for name, r in probe.items()]
+        lines += ["", "The probe standardizes every dimension, so a per-channel normalization changes nothing: an arm",
+                  "normalized per channel scores the same on its latent and on what its DiT models."]
     else:
         lines += ["Not measured."]
     recon = results.get("reconstruction") or {}
     lines += ["", "### (4) Reconstruction (first 2000 test images, `eval-autoencoder`)", ""]
     if recon:
-        lines += ["| autoencoder | latent | training steps (batch 32) | PSNR ↑ | SSIM ↑ | LPIPS ↓ | rFID ↓ |",
+        lines += ["| autoencoder | decodes | training steps (batch 32) | PSNR ↑ | SSIM ↑ | LPIPS ↓ | rFID ↓ |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for name, r in recon.items():
-            shape = "×".join(map(str, r["latent"]))
-            lines.append(f"| {name} | {shape} | {r.get('steps') or '?'} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
-                         f"{r['lpips']:.4f} | {r['rfid']:.1f} |")
+            steps = r["steps"] or "? (no run log with the folder)"
+            lines.append(f"| {name} | {decodes(r, described)} | {steps} | {r['psnr']:.2f} | "
+                         f"{r['ssim']:.3f} | {r['lpips']:.4f} | {r['rfid']:.1f} |")
+        lines += ["", "A DiT generates what it models; the decoder sees it through the arm's transform. A per-channel",
+                  "transform is invertible, so the latent's row bounds that arm; a PCA transform keeps only its",
+                  "directions, so the \"through its DiT's\" row is what a perfect DiT of that arm would reach."]
     else:
         lines += ["Not measured."]
     return "\n".join(lines + variants_table(results))
@@ -168,11 +238,11 @@ def variants_table(results: Results) -> list[str]:
     variants = results.get("variants") or {}
     if not variants:
         return []
-    rows = [*ARMS, *variants]
+    rows = [*main_arms(results), *variants]
     fid, matched = results.get("fid") or {}, results.get("matched_shift") or {}
     steps = sorted({int(s) for arm in rows for s in fid.get(arm, {})})
     last = str(max((int(s) for arm in rows for s in matched.get(arm, {})), default=steps[-1] if steps else 0))
-    default = load_config(DiffusionTrainConfig, ARMS["SVG"]).sampling
+    default = load_config(DiffusionTrainConfig, ARMS["SVG"].config).sampling
     about = ("Arms that change one or two settings of a main arm's recipe (`--variant NAME BASE KEY=VALUE ...` "
              "of the script; the same as `--set KEY=VALUE` on `svg-diffusion train`), everything else as above. "
              f"FID with the config's sampler (25 Euler steps, CFG {default.guidance.scale:g}, sampling shift "
@@ -190,24 +260,23 @@ def variants_table(results: Results) -> list[str]:
     return lines
 
 
-def copy_sample_grids(args) -> dict[str, str]:
-    """Each arm's preview grid (the trainer's, CFG 4, same noise) at the last of ``--steps``, into docs/images:
-    arm -> its markdown image, for the arms that have one."""
-    images, name = {}, f"samples/step_{args.steps[-1]:08d}.png"
-    for arm in ARMS:
-        folders = [run_dir(arm, args.out)] + ([args.svg_checkpoints] if arm == "SVG" else [])  # borrowed: SVG only
-        found = [folder / name for folder in folders if (folder / name).is_file()]
-        if found:
+def copy_sample_grids(results: Results, args) -> dict[str, str]:
+    """Each arm's preview grid at the last of ``--steps`` (drawn by the script, CFG 4, same noise, decoded with the
+    arm's autoencoder), into docs/images: arm -> its markdown image, for the arms that have one."""
+    images, step = {}, args.steps[-1]
+    for arm in main_arms(results):
+        grid = grid_path(arm, step, args.out)
+        if grid.is_file():
             target = IMAGES / f"reproduction_samples_{slug(arm)}.png"
             with atomic_path(target) as tmp:
-                tmp.write_bytes(found[0].read_bytes())
-            images[arm] = f"![{arm} latents, DiT step {args.steps[-1]}](images/{target.name})"
+                tmp.write_bytes(grid.read_bytes())
+            images[arm] = f"![{arm} latents, DiT step {step}](images/{target.name})"
     return images
 
 
 def write_docs(results: Results, args) -> None:
     plot(results, args)
-    images = copy_sample_grids(args)
+    images = copy_sample_grids(results, args)
     grids = ["", f"Preview grids at DiT step {args.steps[-1]} (EMA, 25 Euler steps, CFG 4, one row per class; "
              f"left to right: {', '.join(images)}):", "", " ".join(images.values())] if images else []
     # The page is read right before writing: another section of it has another author.

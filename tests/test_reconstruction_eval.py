@@ -9,10 +9,14 @@ from PIL import Image
 from svg_diffusion.autoencoder import LPIPS, AutoencoderConfig, DecoderConfig, ResidualEncoderConfig, SVGAutoencoder
 from svg_diffusion.cli import main
 from svg_diffusion.data import FashionMNIST
+from svg_diffusion.diffusion.latent_transform import fit_pca
+from svg_diffusion.diffusion.latents import LatentStatistics
 from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation import FeatureStats, psnr, ssim
-from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction, format_metrics_table, quantized
+from svg_diffusion.evaluation.reconstruction import (
+    eval_autoencoder, evaluate_reconstruction, format_metrics_table, quantized,
+)
 
 COUNT = 8
 
@@ -86,3 +90,26 @@ def test_eval_command_on_a_saved_autoencoder(dataset, tmp_path, capsys, monkeypa
     assert main(["eval-autoencoder", "--autoencoder", str(tmp_path), "--out-dir", str(tmp_path / "x")]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"svg-diffusion eval-autoencoder: error: {tmp_path} ") and "config.json is missing" in line
+
+
+def test_eval_through_a_latent_transform(dataset, tmp_path):
+    """Through an invertible transform the metrics are the autoencoder's own; through a PCA transform of fewer
+    directions they are those of decode(T⁻¹(T(encode(x)))), the latent outside its subspace dropped."""
+    images = torch.stack([image for image, _ in dataset])
+    model = tiny_autoencoder(images).eval()
+    model.save_pretrained(tmp_path / "ae")
+    with torch.no_grad():
+        z = model.encode(images)
+    per_channel = LatentStatistics(z.mean((0, 2, 3)), z.std((0, 2, 3)))
+    pca = fit_pca([z], z.shape[1], components=2)
+
+    def evaluate(**options) -> list[float]:
+        metrics = eval_autoencoder(tmp_path / "ae", limit=COUNT, device="cpu", rfid=False, progress=False, **options)
+        return [metrics[name] for name in ("psnr", "ssim", "lpips")]
+
+    plain = evaluate()
+    assert evaluate(latent_transform=per_channel) == pytest.approx(plain, rel=1e-3)
+    through = evaluate(latent_transform=pca)
+    direct = evaluate_reconstruction(lambda x: model.decode(pca.decode(pca.encode(model.encode(x)))), dataset, rfid=False)
+    assert through == pytest.approx([direct[name] for name in ("psnr", "ssim", "lpips")], rel=1e-6)
+    assert through[0] != pytest.approx(plain[0], rel=1e-3)

@@ -10,6 +10,9 @@ Every metric is measured on the images as a PNG would hold them: originals and r
   (``evaluation.fid``; the FID Inception weights of docs/evaluation.md). With few images it is biased upwards:
   compare only numbers measured on the same images.
 
+``eval_autoencoder`` can also reconstruct through a diffusion model's latent transform
+(:func:`through_transform`): what a model of the transform's coordinates could at best give back.
+
 Under torch.distributed every rank reconstructs its ``shard_indices`` share and the per-image results are
 gathered (``all_gather_rows``), so N processes return what one process returns.
 """
@@ -29,6 +32,7 @@ from tqdm import tqdm
 from ..autoencoder.lpips import LPIPS
 from ..autoencoder.vae import load_autoencoder
 from ..data import DataConfig, build_dataset
+from ..diffusion.latent_transform import LatentTransform
 from ..errors import SVGError
 from ..training.distributed import all_gather_rows, rank_and_world_size
 from ..training.sharding import shard_indices
@@ -54,6 +58,12 @@ def _reconstructor(autoencoder: nn.Module | Reconstruct) -> Reconstruct:
     if hasattr(autoencoder, "encode") and hasattr(autoencoder, "decode"):
         return lambda images: autoencoder.decode(autoencoder.encode(images))
     return autoencoder
+
+
+def through_transform(autoencoder: nn.Module, transform: LatentTransform) -> Reconstruct:
+    """decode(T⁻¹(T(encode(x)))): the reconstruction through a latent transform T. A per-channel transform is
+    invertible (the autoencoder's own reconstruction); a PCA transform drops what lies outside its subspace."""
+    return lambda images: autoencoder.decode(transform.decode(transform.encode(autoencoder.encode(images))))
 
 
 @torch.no_grad()
@@ -147,12 +157,14 @@ def eval_autoencoder(
     device: str = "auto",
     rfid: bool = True,
     progress: bool | None = None,
+    latent_transform: LatentTransform | None = None,
 ) -> dict:
     """``evaluate_reconstruction`` of a saved autoencoder folder on ``split`` of ``data`` (the eval-autoencoder command).
 
     ``data``: "fashion_mnist" or an image folder (any tree of images, or one with train/ and test/ or val/),
     read at the autoencoder's image size. For Fashion-MNIST the originals' Inception statistics come from the
-    feature cache of ``evaluation.fid`` (computed once per split, size and count).
+    feature cache of ``evaluation.fid`` (computed once per split, size and count). ``latent_transform``:
+    reconstruct through it (:func:`through_transform`).
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -167,7 +179,8 @@ def eval_autoencoder(
     if rfid and data == "fashion_mnist":
         reference = fid_stats(f"fashion_mnist:{split}", image_size=size, limit=len(dataset), device=device,
                               progress=progress)
-    return evaluate_reconstruction(autoencoder, dataset, batch_size=batch_size, device=device, rfid=rfid,
+    reconstruct = autoencoder if latent_transform is None else through_transform(autoencoder, latent_transform)
+    return evaluate_reconstruction(reconstruct, dataset, batch_size=batch_size, device=device, rfid=rfid,
                                    reference=reference, out_dir=out_dir, progress=progress)
 
 
