@@ -2,9 +2,9 @@
 
     python benchmarks/demo_quality.py --docs                          # 2000 samples per row, 5/10/25 Euler steps
     python benchmarks/demo_quality.py --num 500 --rows euler:10       # a quick look, printed only
-    python benchmarks/demo_quality.py --docs --fp32 runs/demo/diffusion/pipeline   # + float16-storage parity
+    python benchmarks/demo_quality.py --docs --fp32 runs/demo/pipeline      # + float16-storage parity
     python benchmarks/demo_quality.py --pipeline runs/demo/mean_flow/pipeline --speed --plot fid_vs_nfe.png \
-        --rows euler:5 euler:10 euler:25 mean_flow:1 mean_flow:2 mean_flow:4
+        --rows euler:5 euler:10 euler:25 mean_flow:1 mean_flow:2 mean_flow:4 --speed-baseline euler:25
 
 Each row (``--rows SAMPLER:STEPS ...``) samples ``--num`` images with balanced classes (sample i: class
 i mod 10, noise seeded by (seed, i), so every row starts from the same noise), at the pipeline's guidance,
@@ -15,9 +15,10 @@ compares as many *real* training images with the same test images: the FID a per
 this sample size (FID is biased upwards at small N). ``--fp32`` also samples from the float32 pipeline the
 shipped one was exported from and reports the pixel differences.
 
-``--speed`` times the demo grid (80 images and noise of ``svg-diffusion demo``) for every row and for the
-pipeline's default settings, interleaved, and reports the fastest of ``--speed-repeats`` generations as
-images/s and as a ratio to the default. ``--plot`` draws FID against NFE.
+``--speed`` times the demo grid (80 images and noise of ``svg-diffusion demo``) for every row and the
+baseline, interleaved, and reports the fastest of ``--speed-repeats`` generations as
+images/s and as a ratio to ``--speed-baseline`` (default: the pipeline's default settings), in ``--precision``.
+``--plot`` draws FID against NFE.
 
 Rows are saved to ``--out`` (JSON) as they finish; a rerun reuses the rows already there for the same
 settings (``--fresh`` recomputes); speed is measured anew by every run that asks for it. ``--docs`` writes
@@ -44,7 +45,7 @@ from svg_diffusion.diffusion import SAMPLERS
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation import InceptionFeatures, features_and_stats, frechet_distance, precision_recall
 from svg_diffusion.evaluation.sources import nhwc_uint8_images
-from svg_diffusion.pipeline import SVGPipeline
+from svg_diffusion.pipeline import PRECISIONS, SVGPipeline
 from svg_diffusion.sample_writer import class_labels, iter_samples, sample_noise
 from svg_diffusion.utils.files import atomic_path
 from svg_diffusion.utils.shipped import DEMO_PIPELINE_DIR
@@ -96,7 +97,8 @@ def forwards_per_sample(pipe: SVGPipeline, row: Row) -> int:
     return sum(batch_sizes)
 
 
-def time_demo_grid(pipe: SVGPipeline, rows: list[Row], seed: int, repeats: int) -> tuple[int, dict[Row, float]]:
+def time_demo_grid(pipe: SVGPipeline, rows: list[Row], seed: int, repeats: int,
+                   precision: str = "fp32") -> tuple[int, dict[Row, float]]:
     """The demo grid's number of images, and the fewest seconds of ``repeats`` generations of it per row.
 
     The grid's labels and noise are those of ``svg-diffusion demo --seed seed``, drawn once: the timed part is
@@ -107,7 +109,7 @@ def time_demo_grid(pipe: SVGPipeline, rows: list[Row], seed: int, repeats: int) 
     noise = sample_noise(pipe, range(len(labels)), seed)
 
     def generate(row: Row) -> None:
-        pipe(labels, latents=noise, num_steps=row.steps, sampler=row.sampler, output_type="np")
+        pipe(labels, latents=noise, num_steps=row.steps, sampler=row.sampler, output_type="np", precision=precision)
 
     for row in rows:
         generate(row)
@@ -157,7 +159,7 @@ def table(rows: list[dict], reference: dict | None, speed: dict | None) -> str:
     """
     header, rule = "| sampler | steps | NFE | FID ↓ | precision ↑ | recall ↑ |", "|---|---:|---:|---:|---:|---:|"
     if speed is not None:
-        header, rule = header + " demo grid, images/s ↑ | × default |", rule + "---:|---:|"
+        header, rule = header + " demo grid, images/s ↑ | × baseline |", rule + "---:|---:|"
     lines = [header, rule]
     for row in rows:
         line = (f"| {row['sampler']} | {row['steps']} | {row['nfe']} | {row['fid']:.1f} | {row['precision']:.3f} | "
@@ -222,7 +224,11 @@ def main() -> None:
                         help="time the demo grid (80 images) for every row and the pipeline's default settings")
     parser.add_argument("--speed-repeats", type=int, default=5,
                         help="--speed: timed generations per row (the fastest counts)")
+    parser.add_argument("--speed-baseline", type=parse_row, default=None, metavar="SAMPLER:STEPS",
+                        help="--speed: the row the others are compared with (default: the pipeline's default settings)")
     parser.add_argument("--plot", default=None, help="write FID against NFE to this PNG")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="sample (and time) the rows in this precision (SVGPipeline.__call__'s precision)")
     args = parser.parse_args()
     if args.speed_repeats < 1:
         parser.error(f"--speed-repeats must be >= 1, got {args.speed_repeats}")
@@ -249,10 +255,11 @@ def main() -> None:
     real = features_and_stats(REAL, inception, limit=args.num, batch_size=args.batch_size, progress=True)
     rows = []
     for row in rows_asked:
-        key = f"{args.pipeline}|{row.sampler}|{row.steps}|{args.num}|{args.seed}|{guidance}"
+        key = f"{args.pipeline}|{row.sampler}|{row.steps}|{args.num}|{args.seed}|{guidance}" + (
+            "" if args.precision == "fp32" else f"|{args.precision}")  # fp32 rows keep the keys saved before
         if key not in done:
             images, seconds = sample_all(pipe, args.num, args.seed, args.batch_size, num_steps=row.steps,
-                                         sampler=row.sampler)
+                                         sampler=row.sampler, precision=args.precision)
             save(key, {"sampler": row.sampler, "steps": row.steps, "num": args.num, "guidance": guidance,
                        "images_per_second": args.num / seconds, **scores(real, images, inception, args.batch_size)})
         # Rows saved before NFE was recorded get it here: counting takes one sample's forwards.
@@ -275,16 +282,17 @@ def main() -> None:
         parity = done[key]
     speed = None
     if args.speed:
-        default_row = Row(pipe.sampling.sampler, pipe.sampling.num_steps)
+        default_row = args.speed_baseline or Row(pipe.sampling.sampler, pipe.sampling.num_steps)
         load_at_timing = os.getloadavg()[0]
         grid_size, fastest = time_demo_grid(pipe, list(dict.fromkeys([*rows_asked, default_row])), args.seed,
-                                            args.speed_repeats)
+                                            args.speed_repeats, args.precision)
         speed = {"default": str(default_row), "images": grid_size, "repeats": args.speed_repeats,
+                 "precision": args.precision,
                  "load": load_at_timing,
                  "rows": {str(row): {"seconds": seconds, "images_per_second": grid_size / seconds,
                                      "ratio_to_default": fastest[default_row] / seconds}
                           for row, seconds in fastest.items()}}
-        save(f"speed|{args.pipeline}|{args.seed}", speed)  # the last run's timings, for the record: never reused
+        save(f"speed|{args.pipeline}|{args.seed}|{args.precision}", speed)  # the last run's timings, for the record: never reused
         print(speed)
     if args.plot:
         print(f"wrote {plot_fid_vs_nfe(rows, reference, Path(args.plot))}")
@@ -308,9 +316,9 @@ def main() -> None:
                      f"by {parity['mean_abs']:.4f} levels on average (max {parity['max_abs']} of 255).")
     if speed is not None:
         default_speed = speed["rows"][speed["default"]]
-        notes.append(f"Speed: the demo grid ({speed['images']} images, the noise of `svg-diffusion demo`), fp32, the "
-                     f"fastest of {speed['repeats']} generations per row, rows interleaved; × default is against the "
-                     f"pipeline's default {speed['default']} ({default_speed['images_per_second']:.1f} images/s, "
+        notes.append(f"Speed: the demo grid ({speed['images']} images, the noise of `svg-diffusion demo`), "
+                     f"{speed['precision']}, the fastest of {speed['repeats']} generations per row, rows interleaved; "
+                     f"× baseline is against {speed['default']} ({default_speed['images_per_second']:.1f} images/s, "
                      f"{default_speed['seconds']:.2f} s) timed in the same run (load average {speed['load']:.1f}).")
     block = table(rows, reference, speed) + "\n\n" + "\n".join(f"- {note}" for note in notes if note)
     print(block)
