@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from svg_diffusion.demo import demo_pipeline
+from svg_diffusion.demo import GRID_PER_CLASS, demo_pipeline
 from svg_diffusion.diffusion import SAMPLERS
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation import InceptionFeatures, features_and_stats, frechet_distance, precision_recall
@@ -56,7 +56,6 @@ PAGES = [DOCS / "demo.md", REPO / "README.md"]
 START, END = "<!-- demo-quality:start -->", "<!-- demo-quality:end -->"
 REAL = "fashion_mnist:test"
 REFERENCE = "fashion_mnist:train"
-DEMO_PER_CLASS = 8  # `svg-diffusion demo`'s default --per-class: its grid is 80 images
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def time_demo_grid(pipe: SVGPipeline, rows: list[Row], seed: int, repeats: int,
     the pipeline call to uint8 images (the grid's drawing and PNG are left out). Rows take turns in every
     repetition, after one untimed warm-up generation each, so a change of the machine's load hits them alike.
     """
-    labels = class_labels(pipe, per_class=DEMO_PER_CLASS)
+    labels = class_labels(pipe, per_class=GRID_PER_CLASS)
     noise = sample_noise(pipe, range(len(labels)), seed)
 
     def generate(row: Row) -> None:
@@ -166,7 +165,7 @@ def table(rows: list[dict], reference: dict | None, speed: dict | None) -> str:
                 f"{row['recall']:.3f} |")
         if speed is not None:
             timed = speed["rows"][str(Row(row["sampler"], row["steps"]))]
-            line += f" {timed['images_per_second']:.1f} | {timed['ratio_to_default']:.1f} |"
+            line += f" {timed['images_per_second']:.1f} | {timed['ratio_to_baseline']:.1f} |"
         lines.append(line)
     if reference is not None:
         lines.append(f"| *real training images* | – | – | {reference['fid']:.1f} | {reference['precision']:.3f} | "
@@ -221,7 +220,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--docs", action="store_true", help="write the table into docs/demo.md and README.md")
     parser.add_argument("--speed", action="store_true",
-                        help="time the demo grid (80 images) for every row and the pipeline's default settings")
+                        help="time the demo grid (80 images) for every row and the --speed-baseline")
     parser.add_argument("--speed-repeats", type=int, default=5,
                         help="--speed: timed generations per row (the fastest counts)")
     parser.add_argument("--speed-baseline", type=parse_row, default=None, metavar="SAMPLER:STEPS",
@@ -282,17 +281,17 @@ def main() -> None:
         parity = done[key]
     speed = None
     if args.speed:
-        default_row = args.speed_baseline or Row(pipe.sampling.sampler, pipe.sampling.num_steps)
+        baseline = args.speed_baseline or Row(pipe.sampling.sampler, pipe.sampling.num_steps)
         load_at_timing = os.getloadavg()[0]
-        grid_size, fastest = time_demo_grid(pipe, list(dict.fromkeys([*rows_asked, default_row])), args.seed,
+        grid_size, fastest = time_demo_grid(pipe, list(dict.fromkeys([*rows_asked, baseline])), args.seed,
                                             args.speed_repeats, args.precision)
-        speed = {"default": str(default_row), "images": grid_size, "repeats": args.speed_repeats,
-                 "precision": args.precision,
-                 "load": load_at_timing,
+        speed = {"baseline": str(baseline), "images": grid_size, "repeats": args.speed_repeats,
+                 "precision": args.precision, "load": load_at_timing,
                  "rows": {str(row): {"seconds": seconds, "images_per_second": grid_size / seconds,
-                                     "ratio_to_default": fastest[default_row] / seconds}
+                                     "ratio_to_baseline": fastest[baseline] / seconds}
                           for row, seconds in fastest.items()}}
-        save(f"speed|{args.pipeline}|{args.seed}|{args.precision}", speed)  # the last run's timings, for the record: never reused
+        # The last run's timings, for the record: never reused.
+        save(f"speed|{args.pipeline}|{args.seed}|{args.precision}", speed)
         print(speed)
     if args.plot:
         print(f"wrote {plot_fid_vs_nfe(rows, reference, Path(args.plot))}")
@@ -315,11 +314,11 @@ def main() -> None:
                      f"float32 source, same noise: {100 * parity['share_differing']:.2f}% of pixel values differ, "
                      f"by {parity['mean_abs']:.4f} levels on average (max {parity['max_abs']} of 255).")
     if speed is not None:
-        default_speed = speed["rows"][speed["default"]]
+        baseline_speed = speed["rows"][speed["baseline"]]
         notes.append(f"Speed: the demo grid ({speed['images']} images, the noise of `svg-diffusion demo`), "
                      f"{speed['precision']}, the fastest of {speed['repeats']} generations per row, rows interleaved; "
-                     f"× baseline is against {speed['default']} ({default_speed['images_per_second']:.1f} images/s, "
-                     f"{default_speed['seconds']:.2f} s) timed in the same run (load average {speed['load']:.1f}).")
+                     f"× baseline is against {speed['baseline']} ({baseline_speed['images_per_second']:.1f} images/s, "
+                     f"{baseline_speed['seconds']:.2f} s) timed in the same run (load average {speed['load']:.1f}).")
     block = table(rows, reference, speed) + "\n\n" + "\n".join(f"- {note}" for note in notes if note)
     print(block)
     if args.docs:

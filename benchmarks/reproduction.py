@@ -268,7 +268,7 @@ def measure_probe(args, results: Results) -> None:
         autoencoder, latents = arm_latents(row["arm"])
         if row["features"] == "latent":
             return latents
-        transform = dit_transform(row["arm"], args)
+        transform = dit_transform(row["arm"], args, autoencoder)
         shape = (autoencoder.latent_channels, autoencoder.latent_size, autoencoder.latent_size)
         return [(dit_features(x, transform, shape), y) for x, y in latents]
 

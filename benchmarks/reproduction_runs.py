@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from svg_diffusion.autoencoder import KLAutoencoder, load_autoencoder
+from svg_diffusion.autoencoder import Autoencoder, KLAutoencoder, load_autoencoder
 from svg_diffusion.config import load_config, to_dict
 from svg_diffusion.diffusion.latent_transform import LatentTransform
 from svg_diffusion.errors import SVGError
@@ -186,12 +186,12 @@ def ensure_latent_cache(arm: str, out: Path) -> None:
         cache_training_latents(config)
 
 
-def dit_transform(arm: str, args) -> LatentTransform:
+def dit_transform(arm: str, args, autoencoder: Autoencoder | None = None) -> LatentTransform:
     """The latent transform the arm's DiT models, through the trainer's own code: the one its run saved (the
     borrowed SVG run's, or the script's run's), or before the run has started the one its training will fit over
-    the arm's latent cache."""
+    the arm's latent cache. ``autoencoder``: the arm's, when the caller has it loaded."""
     config = arm_config(arm, args.out, 1, run=dit_run(arm, args))
-    autoencoder = load_autoencoder(config.autoencoder)
+    autoencoder = autoencoder if autoencoder is not None else load_autoencoder(config.autoencoder)
     return training_transform(config, autoencoder, training_dataset(config, autoencoder, progress=False),
                               resume=True, progress=False)
 
@@ -201,7 +201,7 @@ def describe_arm(arm: str, args) -> dict:
     models of the latent (the transform's kind and [h, w, k])."""
     config = arm_config(arm, args.out, 1)
     autoencoder = load_autoencoder(config.autoencoder)
-    transform = dit_transform(arm, args)
+    transform = dit_transform(arm, args, autoencoder)
     size = autoencoder.latent_size
     described = {"config": shown(ARMS[arm].config), "autoencoder": shown(config.autoencoder),
                  "autoencoder_kind": autoencoder_kind(autoencoder), "latent": [size, size, autoencoder.latent_channels],

@@ -49,4 +49,4 @@ def test_nfe_of_mean_flow_is_its_steps():
 
 
 def test_speed_times_the_grid_of_the_demo_command():
-    assert demo_quality.DEMO_PER_CLASS == inspect.signature(run_demo).parameters["per_class"].default
+    assert demo_quality.GRID_PER_CLASS == inspect.signature(run_demo).parameters["per_class"].default

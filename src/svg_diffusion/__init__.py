@@ -2,8 +2,9 @@
 
 Imports flow one way through the package (tests/test_import_layers.py checks it):
 data -> encoders -> autoencoder -> diffusion -> pipeline -> sample_writer -> evaluation -> demo, trainers,
-official, encode_dataset -> export (a training run's checkpoint as a model folder) -> cli, all on a foundation that every layer may use: errors, config, utils and the
-training engine (training: distributed processes, data order, checkpoints, the loop).
+official, encode_dataset -> export (a training run's checkpoint as a model folder) -> cli, all on a foundation
+that every layer may use: errors, config, utils and the training engine (training: distributed processes, data
+order, checkpoints, the loop).
 
 The public API is importable from here; the modules behind it (and torch) load on first use, so
 ``import svg_diffusion`` stays fast:

@@ -32,6 +32,7 @@ from .utils.shipped import DEMO_ENCODER_DIR, DEMO_PIPELINE_DIR, shipped_pipeline
 
 CHECKSUMS_FILE = "SHA256SUMS"
 GRID_FILE = "demo_grid.png"
+GRID_PER_CLASS = 8  # the grid's default samples per class: 80 images, one row per Fashion-MNIST class
 STORAGE_DTYPE = torch.float16  # halves the files; sampling from it matches float32 weights (docs/demo.md)
 
 
@@ -43,7 +44,8 @@ def demo_pipeline(folder: str | Path = DEMO_PIPELINE_DIR) -> SVGPipeline:
     return SVGPipeline.from_pretrained(folder)
 
 
-def run_demo(out_dir: str | Path = "outputs/demo", steps: int | None = None, seed: int = 0, per_class: int = 8,
+def run_demo(out_dir: str | Path = "outputs/demo", steps: int | None = None, seed: int = 0,
+             per_class: int = GRID_PER_CLASS,
              pipeline: str | Path | SVGPipeline = DEMO_PIPELINE_DIR, progress: bool = True) -> Path:
     """Sample ``per_class`` images of every class with the pipeline's sampler (``steps``: its default when
     None) and guidance; write them as a grid, one row per class labelled with its name; return the PNG's path.
