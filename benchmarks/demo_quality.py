@@ -239,7 +239,6 @@ def main() -> None:
             pipe.sampling_settings(num_steps=row.steps, sampler=row.sampler)
         except SVGError as error:
             parser.error(f"--rows {row}: {error}")
-    guidance = pipe.sampling.guidance.scale
     out = Path(args.out)
     done = {} if args.fresh or not out.is_file() else json.loads(out.read_text())
 
@@ -254,6 +253,7 @@ def main() -> None:
     real = features_and_stats(REAL, inception, limit=args.num, batch_size=args.batch_size, progress=True)
     rows = []
     for row in rows_asked:
+        guidance = pipe.sampling_settings(num_steps=row.steps, sampler=row.sampler).guidance.scale  # few_steps' too
         key = f"{args.pipeline}|{row.sampler}|{row.steps}|{args.num}|{args.seed}|{guidance}" + (
             "" if args.precision == "fp32" else f"|{args.precision}")  # fp32 rows keep the keys saved before
         if key not in done:
@@ -297,9 +297,11 @@ def main() -> None:
         print(f"wrote {plot_fid_vs_nfe(rows, reference, Path(args.plot))}")
 
     minutes = (time.perf_counter() - started) / 60
+    scales = {row["sampler"]: row["guidance"] for row in rows}  # a pipeline's few-step sampler has its own
+    guidance = ", ".join(f"{scale:g} for {sampler}" for sampler, scale in scales.items())
     notes = [
-        f"{args.num} samples per row ({args.num // 10} per class), guidance {guidance:g} "
-        f"({pipe.sampling.guidance.mode}; for mean_flow the model's guidance input), time shift "
+        f"{args.num} samples per row ({args.num // 10} per class), guidance {guidance} "
+        f"({pipe.sampling.guidance.mode} CFG; for mean_flow the model's guidance input), time shift "
         f"{pipe.sampling.shift:g}, seed {args.seed}; against the first {args.num} Fashion-MNIST test images "
         "(32×32), Inception-v3 pool features, precision/recall with k = 3. NFE: DiT forwards per sample, counted "
         "(a guided velocity is 2: the conditional and the unconditional branch, batched as one forward).",

@@ -2,7 +2,7 @@
 # The shipped demo pipeline (demo-pipeline: src/svg_diffusion/assets/demo_pipeline), from nothing, with this
 # project's commands.
 #
-#   scripts/reproduce_demo.sh            # the shipped configs (configs/demo/*.yaml): ~4-5 h on 2 CPU cores;
+#   scripts/reproduce_demo.sh            # the shipped configs (configs/demo/*.yaml): ~6.3 h of one CPU core;
 #                                        # overwrites the shipped encoder and pipeline (git diff shows what changed)
 #   scripts/reproduce_demo.sh --quick    # configs/demo/quick/*.yaml: the same architecture, shorter runs, all
 #                                        # under runs/demo_quick (~20 min estimated, docs/demo.md); the shipped files are untouched
@@ -22,7 +22,7 @@ case "${1:-}" in
   "")
     configs=configs/demo
     encoder=src/svg_diffusion/assets/demo_encoder            # pretrain_encoder.yaml's export_dir (demo-pretrained)
-    pipeline=runs/demo/pipeline                              # the DiT's pipeline with the fine-tuned decoder
+    pipeline=runs/demo/pipeline                              # the MeanFlow DiT's pipeline with the fine-tuned decoder
     ;;
   --quick)
     configs=configs/demo/quick
@@ -50,14 +50,16 @@ stage "4/6 train the diffusion transformer on the latent's PCA directions"
 $SVG train --config "$configs/diffusion.yaml"
 
 if [ -z "${1:-}" ]; then
-  stage "5/6 fine-tune the decoder with the critic (the latent stays the same) and give it to the pipeline -> $pipeline"
+  stage "5/7 fine-tune the decoder with the critic (the latent stays the same)"
   $SVG train-autoencoder --config "$configs/decoder_finetune.yaml" --set init_from=runs/demo/autoencoder/autoencoder
-  $SVG export runs/demo/diffusion --out "$pipeline" --autoencoder runs/demo/decoder_finetune/autoencoder
-  stage "6/6 ship it: float16 weights sharing the encoder, SHA256SUMS -> src/svg_diffusion/assets/demo_pipeline"
+  stage "6/7 MeanFlow fine-tune of the DiT (it keeps 25-step Euler sampling and adds 1-4 step sampling); give it the decoder -> $pipeline"
+  $SVG train --config "$configs/mean_flow.yaml"
+  $SVG export runs/demo/mean_flow --out "$pipeline" --autoencoder runs/demo/decoder_finetune/autoencoder
+  stage "7/7 ship it: float16 weights sharing the encoder, SHA256SUMS -> src/svg_diffusion/assets/demo_pipeline"
   "$PYTHON" -c "from svg_diffusion.demo import export_demo_pipeline; print(export_demo_pipeline('$pipeline'))"
   stage "the demo grid"
   $SVG demo --seed 0
 else
-  stage "5/6 the demo grid from the quick pipeline (the quick run keeps the autoencoder's decoder: no stage 6)"
+  stage "5/6 the demo grid from the quick pipeline (the quick run keeps the autoencoder's decoder: no MeanFlow, no shipping)"
   $SVG demo --seed 0 --pipeline "$pipeline" --out-dir outputs/demo_quick
 fi

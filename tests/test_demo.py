@@ -73,6 +73,19 @@ def test_run_demo_is_deterministic_and_rejects_bad_input(shipped, tmp_path, caps
     assert "--per-class must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
+def test_the_shipped_demo_draws_in_one_step_and_by_default_in_25_euler_steps(shipped, tmp_path, capsys):
+    assert (shipped.sampling.sampler, shipped.sampling.num_steps, shipped.sampling.guidance.scale) == ("euler", 25, 1.5)
+    assert "mean_flow" in shipped.samplers and shipped.sampling.few_steps.max_steps == 4
+    one_step = np.asarray(Image.open(run_demo(tmp_path / "one", steps=1, per_class=2, pipeline=shipped,
+                                              progress=False)).convert("L")).astype(int)
+    assert "20 samples (2 per class, 1 mean_flow steps, guidance 2, seed 0)" in capsys.readouterr().out
+    euler = np.asarray(Image.open(run_demo(tmp_path / "euler", steps=5, per_class=2, pipeline=shipped,
+                                           progress=False)).convert("L")).astype(int)
+    assert "5 euler steps, guidance 1.5" in capsys.readouterr().out
+    # The same noise through the one-step map and through 5 Euler steps: the same garments, not the same pixels.
+    assert 0 < np.abs(one_step - euler).mean() < 30 and one_step.std() > 20
+
+
 def test_bf16_sampling_stays_near_fp32_and_fp32_is_plain_fp32(shipped, one_thread):
     labels = class_labels(shipped)  # one image per class: the demo grid's first column
     noise = sample_noise(shipped, range(len(labels)), seed=0)

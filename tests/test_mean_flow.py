@@ -150,6 +150,10 @@ def test_config_validation():
         ({"guidance_scale": -1}, "guidance_scale"),
         ({"guidance_range": [3.0, 1.0]}, "guidance_range"),
         ({"guidance_range": [1.0, 3.0], "guidance_scale": 2.0}, "exclude each other"),
+        ({"grid_fraction": -0.1}, "grid_fraction"),
+        ({"grid_steps": []}, "grid_steps"),
+        ({"grid_steps": [1, 0]}, "grid_steps"),
+        ({"grid_shift": 0}, "grid_shift"),
     ]
     for values, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -175,6 +179,27 @@ def test_draw_mean_flow_inputs():
     # A fixed scale is every row's scale but the dropped ones'.
     fixed = draw_mean_flow_inputs((500, 2), flow, MeanFlowConfig(guidance_scale=2.5), torch.Generator().manual_seed(0))
     assert torch.equal(fixed.guidance, torch.where(fixed.drop, 1.0, 2.5))
+
+
+def test_sampler_grid_intervals_are_the_few_step_samplers_steps():
+    flow = FlowMatchingConfig(shift=1.0)
+    plain = MeanFlowConfig(interval_fraction=0.5)
+    config = dataclasses.replace(plain, grid_fraction=0.5, grid_steps=(1, 2, 4), grid_shift=2.0)
+    before = draw_mean_flow_inputs((8000, 2), flow, plain, torch.Generator().manual_seed(0))
+    inputs = draw_mean_flow_inputs((8000, 2), flow, config, torch.Generator().manual_seed(0))
+    # The grid's draws come after all others: noise, drops, guidance and the rows off the grid are unchanged.
+    for name in ("noise", "drop", "guidance"):
+        assert torch.equal(getattr(inputs, name), getattr(before, name))
+    moved = (inputs.t != before.t) | (inputs.r != before.r)
+    assert torch.equal(inputs.r == inputs.t, before.r == before.t)  # the same rows have r != t
+    assert not moved[before.r == before.t].any()
+    assert abs(moved.float().mean().item() - 0.25) < 0.03
+    # Every moved interval is one step of time_grid(N, 2) for N in (1, 2, 4), each of them drawn.
+    steps = {(a, b) for n in (1, 2, 4) for a, b in zip(time_grid(n, 2.0).tolist(), time_grid(n, 2.0)[1:].tolist())}
+    drawn = set(zip(inputs.t[moved].tolist(), inputs.r[moved].tolist()))
+    assert drawn == steps
+    one_step = ((inputs.t == 0) & (inputs.r == 1)).float().mean().item()
+    assert abs(one_step - 0.25 / 3) < 0.015  # two independent uniform times almost never give (0, 1)
 
 
 def test_plain_dit_is_unchanged_and_refuses_the_new_inputs():

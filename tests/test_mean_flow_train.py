@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from svg_diffusion.cli import main
-from svg_diffusion.config import load_config, to_dict
+from svg_diffusion.config import ConfigError, from_dict, load_config, to_dict
 from svg_diffusion.diffusion.latents import LatentStatistics
 from svg_diffusion.errors import SVGError
-from svg_diffusion.pipeline import SVGPipeline
+from svg_diffusion.diffusion import GuidanceConfig
+from svg_diffusion.pipeline import FewStepDefaults, SamplingDefaults, SVGPipeline
 from svg_diffusion.sample_writer import class_labels, sample_noise, write_samples
 from svg_diffusion.trainers.diffusion import DiffusionTrainConfig, TransformerConfig, build_trainer, train_diffusion
 from svg_diffusion.trainers.mean_flow import MeanFlowTrainConfig
@@ -75,8 +76,17 @@ def test_the_demo_config_fine_tunes_the_demo_flow_matching_run():
     for key in ("autoencoder", "data", "latent_cache", "latent_transform", "model", "flow"):
         assert to_dict(getattr(mean_flow, key)) == to_dict(getattr(flow_matching, key)), key
     assert Path(mean_flow.init_from) == Path(flow_matching.engine.out_dir) / "pipeline"
-    assert mean_flow.mean_flow.distill and mean_flow.sampling.sampler == "mean_flow"
+    assert mean_flow.mean_flow.distill and mean_flow.sampling.few_steps.sampler == "mean_flow"
+    # The shipped demo's defaults: the flow-matching run's 25 guided Euler steps, mean_flow for 1-4 steps.
+    assert to_dict(dataclasses.replace(mean_flow.sampling, few_steps=None)) == to_dict(flow_matching.sampling)
     assert mean_flow.mean_flow.derivative == "finite_difference"  # a bf16 run on a CPU: docs/diffusion.md
+    # The sampler-grid intervals must be on the run's own sampling grid.
+    values = to_dict(mean_flow)
+    values["mean_flow"].update(grid_fraction=0.5, grid_shift=values["sampling"]["shift"] + 1)
+    with pytest.raises(ConfigError, match="grid_shift .* is not sampling.shift"):
+        from_dict(DiffusionTrainConfig, values)
+    values["mean_flow"]["grid_shift"] = values["sampling"]["shift"]
+    assert from_dict(DiffusionTrainConfig, values).mean_flow.grid_fraction == 0.5
 
 
 def test_a_mean_flow_run_leaves_a_one_step_pipeline_that_saves_and_loads(tmp_path, trained, autoencoder_dir, cache_dir):
@@ -98,6 +108,36 @@ def test_a_mean_flow_run_leaves_a_one_step_pipeline_that_saves_and_loads(tmp_pat
         one = pipe(["Bag", "Sneaker"], latents=noise, num_steps=steps, guidance_scale=2.0, output_type="pt")
         assert torch.equal(again(["Bag", "Sneaker"], latents=noise, num_steps=steps, guidance_scale=2.0,
                                  output_type="pt"), one)
+
+
+def test_a_many_step_default_with_a_few_step_sampler(tmp_path, trained, autoencoder_dir, cache_dir):
+    """The shipped demo's defaults: 25 guided Euler steps, and mean_flow for a call of at most 4 steps."""
+    sampling = SamplingDefaults(num_steps=25, sampler="euler", shift=2.0, guidance=GuidanceConfig(scale=1.5),
+                                few_steps=FewStepDefaults(max_steps=4, guidance=GuidanceConfig(scale=2.5)))
+    config = dataclasses.replace(mean_flow_config(tmp_path / "run", autoencoder_dir, cache_dir, trained / "pipeline",
+                                                  max_steps=1), sampling=sampling)
+    pipe = SVGPipeline.from_pretrained(SVGPipeline.from_pretrained(train_diffusion(config)).save_pretrained(tmp_path / "p"))
+    assert to_dict(pipe.sampling) == to_dict(sampling)
+    chosen = {steps: pipe.sampling_settings(steps) for steps in (None, 1, 4, 5)}
+    assert [(c.sampler, c.num_steps, c.guidance.scale) for c in chosen.values()] == [
+        ("euler", 25, 1.5), ("mean_flow", 1, 2.5), ("mean_flow", 4, 2.5), ("euler", 5, 1.5)]
+    assert pipe.sampling_settings(1, sampler="euler").guidance.scale == 1.5  # a named sampler wins
+    assert pipe.sampling_settings(1, guidance_scale=3.0).guidance.scale == 3.0
+    # The few-step sampler keeps its own guidance at any step count (it is the model's input, not CFG's scale).
+    assert pipe.sampling_settings(8, sampler="mean_flow").guidance.scale == 2.5
+    noise = torch.randn(pipe.noise_shape(2), generator=torch.Generator().manual_seed(1))
+    one_step = pipe(["Bag", "Sneaker"], latents=noise, num_steps=1, output_type="pt")
+    assert torch.equal(one_step, pipe(["Bag", "Sneaker"], latents=noise, num_steps=1, sampler="mean_flow",
+                                      guidance_scale=2.5, output_type="pt"))
+    assert not torch.equal(one_step, pipe(["Bag", "Sneaker"], latents=noise, num_steps=1, sampler="euler",
+                                          output_type="pt"))
+    # A flow-matching transformer cannot have a mean_flow few-step default; the few steps must be fewer.
+    with pytest.raises(SVGError, match="needs a MeanFlow transformer"):
+        SVGPipeline.from_pretrained(trained / "pipeline").__class__(
+            pipe.autoencoder, SVGPipeline.from_pretrained(trained / "pipeline").transformer, pipe.latent_transform,
+            pipe.class_names, sampling)
+    with pytest.raises(ValueError, match="must be below num_steps"):
+        SamplingDefaults(num_steps=4, few_steps=FewStepDefaults(max_steps=4))
 
 
 @pytest.mark.parametrize("distill", [True, False])

@@ -96,8 +96,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a class-conditional Fashion-MNIST grid from the shipped demo pipeline")
     p.add_argument("--out-dir", default="outputs/demo", help="where demo_grid.png goes")
     p.add_argument("--steps", type=POSITIVE_INT, default=None,
-                   help="steps of the pipeline's default sampler (default: the pipeline's; the shipped one takes 25 "
-                        "Euler steps, a MeanFlow pipeline draws in 1 or 2 mean_flow steps)")
+                   help="sampling steps (default: the pipeline's; the shipped one takes 25 Euler steps by default "
+                        "and 1-4 steps of its mean_flow sampler: --steps 1 draws in one DiT forward)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--per-class", type=POSITIVE_INT, default=8, help="samples per class (one row per class)")
     p.add_argument("--pipeline", default="demo-pipeline", help="another pipeline folder (default: the shipped one)")

@@ -47,8 +47,9 @@ def demo_pipeline(folder: str | Path = DEMO_PIPELINE_DIR) -> SVGPipeline:
 def run_demo(out_dir: str | Path = "outputs/demo", steps: int | None = None, seed: int = 0,
              per_class: int = GRID_PER_CLASS,
              pipeline: str | Path | SVGPipeline = DEMO_PIPELINE_DIR, progress: bool = True) -> Path:
-    """Sample ``per_class`` images of every class with the pipeline's sampler (``steps``: its default when
-    None) and guidance; write them as a grid, one row per class labelled with its name; return the PNG's path.
+    """Sample ``per_class`` images of every class with the pipeline's sampler and guidance (``steps``: its
+    default when None; a few steps take its few-step sampler when it has one, :class:`.FewStepDefaults`);
+    write them as a grid, one row per class labelled with its name; return the PNG's path.
 
     ``pipeline``: a pipeline folder (default: the shipped one) or a loaded ``SVGPipeline``. Sample ``i``
     starts from noise seeded by ``(seed, i)`` (see ``sample_writer``): the same seed gives the same grid.
@@ -63,9 +64,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", steps: int | None = None, see
     grid = write_samples(pipe, labels, grid=Path(out_dir) / GRID_FILE, nrow=per_class, seed=seed,
                          batch_size=len(labels), progress=progress, num_steps=steps)
     done = time.perf_counter()
-    defaults = pipe.sampling
-    print(f"{len(labels)} samples ({per_class} per class, {steps or defaults.num_steps} {defaults.sampler} steps, "
-          f"guidance {defaults.guidance.scale:g}, seed {seed}) in {done - loaded:.1f} s "
+    used = pipe.sampling_settings(steps)
+    print(f"{len(labels)} samples ({per_class} per class, {used.num_steps} {used.sampler} steps, "
+          f"guidance {used.guidance.scale:g}, seed {seed}) in {done - loaded:.1f} s "
           f"(loading {loaded - start:.1f} s, {torch.get_num_threads()} threads)")
     return grid
 

@@ -63,22 +63,57 @@ PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
+class FewStepDefaults:
+    """The sampler and guidance of a call that asks for at most ``max_steps`` steps and names no sampler.
+
+    For a MeanFlow transformer shipped with a many-step default (the demo: 25 guided Euler steps): asking it
+    for 1, 2 or 4 steps then takes that many steps of the average velocity, with its guidance input at
+    ``guidance.scale``, instead of a few Euler steps of the instantaneous velocity.
+    """
+
+    sampler: str = "mean_flow"
+    max_steps: int = 4
+    guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(scale=2.0))
+
+    def __post_init__(self) -> None:
+        check_int("max_steps", self.max_steps, at_least=1)
+        get_sampler(self.sampler)
+
+
+@dataclass
 class SamplingDefaults:
     """The sampler settings a pipeline uses when a call does not name them (the paper's, by default).
 
     ``sampler`` is the default one; which samplers a pipeline runs at all follows from its transformer
-    (:attr:`SVGPipeline.samplers`). A MeanFlow pipeline's default is ``mean_flow`` with a step or two.
+    (:attr:`SVGPipeline.samplers`). A MeanFlow pipeline's default is ``mean_flow`` with a step or two, or a
+    velocity sampler with ``few_steps`` naming ``mean_flow`` for calls of a few steps (:class:`FewStepDefaults`).
     """
 
     num_steps: int = 25
     sampler: str = "euler"
     shift: float = 1 / 0.15  # SD3 convention; the public code's sampling s = 0.15 (see diffusion/flow.py)
     guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(scale=1.5))
+    few_steps: FewStepDefaults | None = None
 
     def __post_init__(self) -> None:
         check_int("num_steps", self.num_steps, at_least=1)
         check_number("shift", self.shift, above=0)
         get_sampler(self.sampler)  # an unknown name fails here, not at the first call
+        if self.few_steps is not None and self.few_steps.max_steps >= self.num_steps:
+            raise ValueError(f"few_steps.max_steps ({self.few_steps.max_steps}) must be below num_steps "
+                             f"({self.num_steps}): the default is the many-step sampler")
+
+    def for_call(self, num_steps: int | None, sampler: str | None) -> SamplingDefaults:
+        """The defaults a call asking for ``num_steps`` with ``sampler`` starts from, without ``few_steps`` (the
+        call's choice is made): the few-step sampler when the call asks for at most ``few_steps.max_steps`` and
+        names no sampler, and the few-step guidance whenever that sampler is used (named or chosen); otherwise
+        these defaults."""
+        few = self.few_steps
+        if few is not None and sampler is None and num_steps is not None and num_steps <= few.max_steps:
+            sampler = few.sampler
+        if few is not None and sampler == few.sampler != self.sampler:
+            return replace(self, sampler=few.sampler, guidance=few.guidance, few_steps=None)
+        return replace(self, few_steps=None)
 
 
 def transformer_samplers(config: DiTConfig) -> list[str]:
@@ -99,6 +134,13 @@ def check_sampler(config: DiTConfig, sampler: str, guidance: GuidanceConfig) -> 
             raise SVGError(f"sampler {sampler!r} takes a constant guidance scale (the model's guidance input), "
                            f"not the {guidance.mode!r} guidance mode")
         check_sampling_guidance(config, guidance.scale)
+
+
+def check_sampling_defaults(config: DiTConfig, sampling: SamplingDefaults) -> None:
+    """:func:`check_sampler` on the default sampler and on the few-step one, when there is one."""
+    check_sampler(config, sampling.sampler, sampling.guidance)
+    if sampling.few_steps is not None:
+        check_sampler(config, sampling.few_steps.sampler, sampling.few_steps.guidance)
 
 
 class SVGPipeline:
@@ -129,7 +171,7 @@ class SVGPipeline:
         self.class_names = list(class_names) if class_names is not None else None
         self.sampling = sampling or SamplingDefaults()
         if transformer is not None:  # the defaults must run: fail when the pipeline is made, not at its first call
-            check_sampler(transformer.config, self.sampling.sampler, self.sampling.guidance)
+            check_sampling_defaults(transformer.config, self.sampling)
 
     @property
     def samplers(self) -> list[str]:
@@ -217,7 +259,8 @@ class SVGPipeline:
     def sampling_settings(self, num_steps: int | None = None, guidance_scale: float | None = None,
                           shift: float | None = None, sampler: str | None = None,
                           guidance: GuidanceConfig | None = None) -> SamplingDefaults:
-        """The settings a call with these arguments samples with: ``self.sampling`` where an argument is None.
+        """The settings a call with these arguments samples with: ``self.sampling`` where an argument is None
+        (its ``few_steps`` sampler and guidance for a call of a few steps naming no sampler).
 
         ``guidance_scale`` replaces the scale of ``guidance``. A value out of its range raises ValueError naming
         the argument (``SamplingDefaults`` checks ``num_steps``, ``shift`` and the sampler's name); a sampler the
@@ -225,7 +268,8 @@ class SVGPipeline:
         call it to fail before they start sampling.
         """
         chosen = {"num_steps": num_steps, "shift": shift, "sampler": sampler, "guidance": guidance}
-        settings = replace(self.sampling, **{name: value for name, value in chosen.items() if value is not None})
+        settings = replace(self.sampling.for_call(num_steps, sampler),
+                           **{name: value for name, value in chosen.items() if value is not None})
         if guidance_scale is not None:
             settings = replace(settings, guidance=replace(settings.guidance,
                                                           scale=check_guidance_scale("guidance_scale", guidance_scale)))

@@ -73,8 +73,8 @@ from torch.autograd import forward_ad
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import SVGError
-from ..utils.checks import check_interval, check_number
-from .flow import FlowMatchingConfig, interpolate, randn, sample_training_time
+from ..utils.checks import check_int, check_interval, check_number
+from .flow import FlowMatchingConfig, interpolate, randn, sample_training_time, shift_time
 from .guidance import check_guidance_scale, combine_guidance
 from .solvers import AverageVelocityFn
 from .transformer import DiTConfig
@@ -103,9 +103,22 @@ class MeanFlowConfig:
     # with r != t (MF-RAE; finite_difference_derivative).
     derivative: Literal["jvp", "finite_difference"] = "jvp"
     finite_difference_step: float = 5e-3
+    # Share of the r != t rows whose interval is one step of a few-step sampler instead of two drawn times:
+    # an N-step grid (N from grid_steps) on the sampler's shift grid_shift (sampling.shift), one of its N steps
+    # at random. Two independent times rarely span a long interval (P(r - t > 0.9) = 1% when uniform), yet
+    # the one-step sampler asks only for (0, 1).
+    grid_fraction: float = 0.0
+    grid_steps: tuple[int, ...] = (1, 2, 4)
+    grid_shift: float = 1.0
 
     def __post_init__(self) -> None:
         check_number("interval_fraction", self.interval_fraction, at_least=0, at_most=1)
+        check_number("grid_fraction", self.grid_fraction, at_least=0, at_most=1)
+        check_number("grid_shift", self.grid_shift, above=0)
+        if not self.grid_steps:
+            raise ValueError("grid_steps must name at least one step count")
+        for i, steps in enumerate(self.grid_steps):
+            check_int(f"grid_steps[{i}]", steps, at_least=1)
         check_number("adaptive_weight_power", self.adaptive_weight_power, at_least=0)
         check_number("adaptive_weight_eps", self.adaptive_weight_eps, above=0)
         check_number("finite_difference_step", self.finite_difference_step, above=0)
@@ -155,7 +168,22 @@ def draw_mean_flow_inputs(shape: tuple[int, ...], flow: FlowMatchingConfig, conf
     else:
         lo, hi = config.guidance_range
         guidance = (lo + (hi - lo) * torch.rand(batch, generator=generator, device=draw_device)).to(device)
+    if config.grid_fraction > 0:  # drawn last, so that runs without it draw as before
+        on_grid = (torch.rand(batch, generator=generator, device=draw_device) < config.grid_fraction).to(device)
+        on_grid &= interval
+        start, end = sampler_grid_intervals(batch, config.grid_steps, config.grid_shift, generator, draw_device)
+        t, r = torch.where(on_grid, start.to(device), t), torch.where(on_grid, end.to(device), r)
     return MeanFlowInputs(noise, t, torch.where(interval, r, t), drop, torch.where(drop, 1.0, guidance))
+
+
+def sampler_grid_intervals(batch: int, grid_steps: tuple[int, ...], shift: float, generator: torch.Generator | None,
+                           device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r) [B] float32: for each row, one step of an N-step ``time_grid(N, shift)`` (N drawn from
+    ``grid_steps``, the step drawn uniformly), the intervals the N-step mean_flow sampler steps over."""
+    choice = torch.randint(len(grid_steps), (batch,), generator=generator, device=device)
+    steps = torch.tensor(grid_steps, dtype=torch.float64, device=device)[choice]
+    index = torch.floor(torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * steps)
+    return shift_time(index / steps, shift).float(), shift_time((index + 1) / steps, shift).float()
 
 
 # average_velocity(z, t, rows): u at z, t [N] of the batch rows ``rows`` [N] (indices), whose r and conditions

@@ -51,7 +51,7 @@ from ..diffusion.latents import (
 )
 from ..diffusion.transformer import DIT_SIZES, DiT, DiTConfig
 from ..errors import SVGError
-from ..pipeline import STATS_FILE, TRANSFORM_FOLDER, SamplingDefaults, SVGPipeline, check_sampler
+from ..pipeline import STATS_FILE, TRANSFORM_FOLDER, SamplingDefaults, SVGPipeline, check_sampling_defaults
 from ..sample_writer import class_labels, write_samples
 from ..training import EMA, Engine, EngineConfig, StepContext, Trainer, derive_seed
 from ..training.distributed import barrier, rank_and_world_size, setup_distributed
@@ -182,6 +182,10 @@ class DiffusionTrainConfig:
                              "leave latent_stats and latent_transform.path unset")
         if self.sampling is None:
             self.sampling = SamplingDefaults() if self.mean_flow is None else mean_flow_sampling(self.mean_flow)
+        mean_flow = self.mean_flow
+        if mean_flow is not None and mean_flow.grid_fraction > 0 and mean_flow.grid_shift != self.sampling.shift:
+            raise ValueError(f"mean_flow.grid_shift {mean_flow.grid_shift} is not sampling.shift {self.sampling.shift}:"
+                             " the grid's intervals are meant to be those the run's sampler steps over")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,7 +362,7 @@ class DiffusionTrainer(Trainer):
         self.flow = config.flow.resolved(size * size, transform.channels)
         dit_config = transformer_config(config, size, transform.channels, len(class_names))
         warn_if_token_exceeds_width(dit_config)
-        check_sampler(dit_config, config.sampling.sampler, config.sampling.guidance)  # before training, not after
+        check_sampling_defaults(dit_config, config.sampling)  # before training, not after
         # Seeded on its own, so the initialization does not depend on what ran before (loading, statistics).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(derive_seed(config.engine.seed, "transformer"))
