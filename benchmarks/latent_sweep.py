@@ -69,10 +69,10 @@ def measure(args, results: Results, points: list[tuple[str, str]], latent_size: 
     fid = None
     for components, shift in points:
         arm = point_arm(components, shift, latent_channels)
+        twin = same_as(components, shift, args.shifts, latent_size, latent_channels)
         for step in args.steps:
             if results.get("fid", components, shift, str(step)) is not None:
                 continue
-            twin = same_as(components, shift, args.shifts, latent_size, latent_channels)
             if twin is not None:  # the same run as the numeric shift's point: measured there
                 results.put({"same_as": twin}, "fid", components, shift, str(step))
                 continue
