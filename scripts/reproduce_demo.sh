@@ -50,12 +50,15 @@ stage "4/6 train the diffusion transformer on the latent's PCA directions"
 $SVG train --config "$configs/diffusion.yaml"
 
 if [ -z "${1:-}" ]; then
-  stage "5/7 fine-tune the decoder with the critic (the latent stays the same)"
+  stage "5/8 fine-tune the decoder with the critic (the latent stays the same)"
   $SVG train-autoencoder --config "$configs/decoder_finetune.yaml" --set init_from=runs/demo/autoencoder/autoencoder
-  stage "6/7 MeanFlow fine-tune of the DiT (it keeps 25-step Euler sampling and adds 1-4 step sampling); give it the decoder -> $pipeline"
+  stage "6/8 MeanFlow fine-tune of the DiT (it keeps 25-step Euler sampling and adds 1-4 step sampling)"
   $SVG train --config "$configs/mean_flow.yaml"
-  $SVG export runs/demo/mean_flow --out "$pipeline" --autoencoder runs/demo/decoder_finetune/autoencoder
-  stage "7/7 ship it: float16 weights sharing the encoder, SHA256SUMS -> src/svg_diffusion/assets/demo_pipeline"
+  stage "7/8 fine-tune that decoder on the DiT's own latent space (PCA projection + noise); give it to the DiT -> $pipeline"
+  $SVG train-autoencoder --config "$configs/decoder_noise.yaml" --set init_from=runs/demo/decoder_finetune/autoencoder \
+    --set latent_noise_transform=runs/demo/mean_flow/pipeline
+  $SVG export runs/demo/mean_flow --out "$pipeline" --autoencoder runs/demo/decoder_noise/autoencoder
+  stage "8/8 ship it: float16 weights sharing the encoder, SHA256SUMS -> src/svg_diffusion/assets/demo_pipeline"
   "$PYTHON" -c "from svg_diffusion.demo import export_demo_pipeline; print(export_demo_pipeline('$pipeline'))"
   stage "the demo grid"
   $SVG demo --seed 0

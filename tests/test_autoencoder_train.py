@@ -18,13 +18,14 @@ from safetensors.torch import load_file
 
 from svg_diffusion.autoencoder import SVGAutoencoder
 from svg_diffusion.cli import main
-from svg_diffusion.config import ConfigError, from_dict, load_config
+from svg_diffusion.config import ConfigError, from_dict, load_config, to_dict
 from svg_diffusion.data import FashionMNIST
 from svg_diffusion.diffusion.latents import autoencoder_fingerprint
 from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config, load_encoder, save_encoder
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction
-from svg_diffusion.trainers.autoencoder import AutoencoderTrainConfig, train_autoencoder
+from svg_diffusion.diffusion.latent_transform import fit_pca, save_latent_transform
+from svg_diffusion.trainers.autoencoder import AutoencoderTrainConfig, TrainedParts, train_autoencoder
 from svg_diffusion.training import checkpoint_path, list_checkpoints, load_checkpoint, read_records
 
 # 16x16 images, the 'tiny' frozen encoder (64 channels, patch 4: 4x4 latents), 4 residual channels, a small
@@ -105,9 +106,49 @@ def test_decoder_finetuning_keeps_the_latent_and_resumes_exactly(tmp_path, fmnis
         assert_same_state(state[part], resumed[part])
 
 
+def test_decoder_finetuning_with_noise_in_a_latent_transforms_coordinates(tmp_path, fmnist_dir):
+    base = train_autoencoder(tiny_config(tmp_path / "base", max_steps=1, checkpoint_every=1))
+    autoencoder = SVGAutoencoder.from_pretrained(base)
+    dataset = FashionMNIST("train", image_size=16, root=fmnist_dir, limit=24)
+    images = torch.stack([dataset[i][0] for i in range(24)])
+    with torch.no_grad():
+        latents = autoencoder.encode(images)
+    transform = fit_pca([latents], 68, components=6)
+    folder = save_latent_transform(transform, tmp_path / "transform")
+    # The decoder sees T.decode(T.encode(z) + noise): a latent of the transform's subspace, noised in its coordinates.
+    parts = TrainedParts(autoencoder, decoder_only=True)
+    noise = 0.3 * torch.randn(4, 6, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = parts(images[:4], latent_noise=noise, noise_transform=transform)
+        expected = transform.decode(transform.encode(latents[:4]) + noise)
+        torch.testing.assert_close(out.latent, expected)
+        torch.testing.assert_close(out.recon, autoencoder.decode(expected))
+        projected = parts(images[:4], noise_transform=transform).latent  # no noise: the projection alone
+        torch.testing.assert_close(projected, transform.decode(transform.encode(latents[:4])))
+        assert (projected - latents[:4]).abs().max() > 1e-2  # 6 of 68 directions: the projection drops something
+    # A run keeps the transform in its checkpoints, resumes bit-identically, and refuses another transform.
+    settings = {"latent_noise": 0.5, "latent_noise_transform": str(folder)}
+    train_autoencoder(finetune_config(tmp_path / "straight", base, **settings))
+    state = load_checkpoint(checkpoint_path(tmp_path / "straight", 3))
+    assert torch.equal(state["trainer"]["latent_noise_transform"]["components"], transform.components)
+    train_autoencoder(finetune_config(tmp_path / "resumed", base, max_steps=2, **settings))
+    train_autoencoder(finetune_config(tmp_path / "resumed", base, **settings), resume=True)
+    resumed = load_checkpoint(checkpoint_path(tmp_path / "resumed", 3))
+    for part in ("modules", "optimizers", "trainer"):
+        assert_same_state(state[part], resumed[part])
+    other = save_latent_transform(fit_pca([latents], 68, components=5), tmp_path / "other")
+    with pytest.raises(SVGError, match="not the transform the checkpoint was trained with"):
+        train_autoencoder(finetune_config(tmp_path / "resumed", base, max_steps=4, latent_noise=0.5,
+                                          latent_noise_transform=str(other)), resume=True)
+    narrow = save_latent_transform(fit_pca([latents[:, :34]], 34, components=4), tmp_path / "narrow")
+    with pytest.raises(SVGError, match="it maps 34-channel latents, the autoencoder makes 68"):
+        train_autoencoder(finetune_config(tmp_path / "narrow_run", base, latent_noise_transform=str(narrow)))
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"train_parts": "decoder"}, "set init_from"),
     ({"latent_noise": 0.1}, "latent_noise needs train_parts: decoder"),
+    ({"latent_noise_transform": "demo-pipeline"}, "latent_noise_transform needs train_parts: decoder"),
     ({"train_parts": "encoder"}, "train_parts"),
 ])
 def test_finetuning_config_errors(settings, message):
@@ -272,3 +313,13 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, fmnist_dir, torchru
 if __name__ == "__main__":
     torch.set_num_threads(1)
     worker(Path(sys.argv[1]))
+
+
+def test_the_demo_decoder_configs_load_and_differ_only_in_the_noise():
+    finetune, noise = (load_config(AutoencoderTrainConfig, REPO / "configs" / "demo" / name)
+                       for name in ("decoder_finetune.yaml", "decoder_noise.yaml"))
+    assert noise.train_parts == "decoder" and noise.latent_noise > 0 and noise.latent_noise_transform == "demo-pipeline"
+    differ = {key for key, value in to_dict(noise).items() if to_dict(finetune)[key] != value}
+    assert differ == {"engine", "latent_noise", "latent_noise_transform"}
+    assert {key for key, value in to_dict(noise.engine).items()
+            if to_dict(finetune.engine)[key] != value} == {"out_dir", "max_steps"}

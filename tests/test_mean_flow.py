@@ -20,6 +20,7 @@ from svg_diffusion.diffusion.mean_flow import (
     guided_average_velocity,
     mean_flow_loss,
     mean_flow_target,
+    teacher_average_velocity,
     total_derivative,
 )
 from svg_diffusion.diffusion.solvers import mean_flow_sample
@@ -154,6 +155,8 @@ def test_config_validation():
         ({"grid_steps": []}, "grid_steps"),
         ({"grid_steps": [1, 0]}, "grid_steps"),
         ({"grid_shift": 0}, "grid_shift"),
+        ({"grid_fraction": 0.5, "grid_teacher_steps": -1}, "grid_teacher_steps"),
+        ({"grid_teacher_steps": 4}, "set grid_fraction"),
     ]
     for values, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -193,6 +196,7 @@ def test_sampler_grid_intervals_are_the_few_step_samplers_steps():
     moved = (inputs.t != before.t) | (inputs.r != before.r)
     assert torch.equal(inputs.r == inputs.t, before.r == before.t)  # the same rows have r != t
     assert not moved[before.r == before.t].any()
+    assert torch.equal(inputs.on_grid, moved) and not before.on_grid.any()  # on_grid marks the moved rows
     assert abs(moved.float().mean().item() - 0.25) < 0.03
     # Every moved interval is one step of time_grid(N, 2) for N in (1, 2, 4), each of them drawn.
     steps = {(a, b) for n in (1, 2, 4) for a, b in zip(time_grid(n, 2.0).tolist(), time_grid(n, 2.0)[1:].tolist())}
@@ -200,6 +204,71 @@ def test_sampler_grid_intervals_are_the_few_step_samplers_steps():
     assert drawn == steps
     one_step = ((inputs.t == 0) & (inputs.r == 1)).float().mean().item()
     assert abs(one_step - 0.25 / 3) < 0.015  # two independent uniform times almost never give (0, 1)
+
+
+def test_teacher_average_velocity_is_the_teachers_euler_steps_on_the_finer_grid():
+    teacher = random_dit(seed=5)
+    x, y, _ = dit_batch(batch=6)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    drop = torch.tensor([False, True, False, False, True, False])
+    guidance = torch.where(drop, 1.0, torch.tensor([1.0, 1.0, 2.0, 3.0, 1.0, 1.5]))
+    # Rows on steps of 1-, 2- and 4-step grids at shift 2, each taken in 3 Euler steps.
+    coarse = {n: time_grid(n, 2.0) for n in (1, 2, 4)}
+    steps = [(1, 0), (2, 0), (2, 1), (4, 1), (4, 3), (1, 0)]
+    t = torch.stack([coarse[n][i] for n, i in steps])
+    r = torch.stack([coarse[n][i + 1] for n, i in steps])
+    z = (1 - t.view(-1, 1, 1, 1)) * noise + t.view(-1, 1, 1, 1) * x
+    got = teacher_average_velocity(teacher, z, t, r, y, drop, guidance, steps=3, shift=2.0)
+    null = torch.ones_like(drop)
+    for row, (n, i) in enumerate(steps):
+        fine = time_grid(3 * n, 2.0)[3 * i: 3 * i + 4]  # the step [t, r] of the N-step grid, in the 3N-step grid
+        state = z[row: row + 1]
+        with torch.no_grad():
+            for now, later in zip(fine[:-1], fine[1:]):
+                s = now.view(1)
+                v = combine_guidance(teacher(state, s, y[row: row + 1], drop=drop[row: row + 1]),
+                                     teacher(state, s, y[row: row + 1], drop=null[row: row + 1]),
+                                     guidance[row].item(), optimized_scale=False)
+                state = state + (later - now) * v
+        torch.testing.assert_close(got[row: row + 1], (state - z[row: row + 1]) / (r[row] - t[row]),
+                                   rtol=1e-5, atol=1e-5)
+    # One step is the guided velocity at (z, t) itself.
+    with torch.no_grad():
+        velocity = combine_guidance(teacher(z, t, y, drop=drop), teacher(z, t, y, drop=null),
+                                    guidance.view(-1, 1, 1, 1), optimized_scale=False)
+    torch.testing.assert_close(teacher_average_velocity(teacher, z, t, r, y, drop, guidance, steps=1, shift=2.0),
+                               velocity, rtol=1e-5, atol=1e-5)
+
+
+def test_grid_rows_regress_on_the_teachers_steps_and_the_others_keep_the_identity():
+    model = random_dit(interval_input=True, guidance_input=True)
+    teacher = random_dit(seed=5)
+    x, y, _ = dit_batch(batch=40)
+    identity = MeanFlowConfig(interval_fraction=0.6, grid_fraction=0.5, grid_shift=2.0, guidance_range=(1.0, 3.0),
+                              adaptive_weight_power=0.0, derivative="finite_difference")
+    stepped = dataclasses.replace(identity, grid_teacher_steps=2)
+    inputs = draw_mean_flow_inputs(x.shape, FlowMatchingConfig(class_dropout_prob=0.2), identity,
+                                   torch.Generator().manual_seed(0))
+    grid = inputs.on_grid
+    assert grid.any() and (~grid & (inputs.r > inputs.t)).any() and not grid[inputs.r == inputs.t].any()
+    per_row = {}
+    for name, config in (("identity", identity), ("stepped", stepped)):
+        # The per-row errors, from the loss of each row alone (p = 0: the loss is the mean of the rows' errors).
+        per_row[name] = torch.stack([mean_flow_loss(model, x[i: i + 1], y[i: i + 1], inputs.rows(i, i + 1), config,
+                                                    teacher=teacher).loss.detach() for i in range(len(x))])
+    assert torch.equal(per_row["stepped"][~grid], per_row["identity"][~grid])
+    z = (1 - inputs.t.view(-1, 1, 1, 1)) * inputs.noise + inputs.t.view(-1, 1, 1, 1) * x
+    with torch.no_grad():
+        u = model(z, inputs.t, y, drop=inputs.drop, r=inputs.r, guidance=inputs.guidance)
+    target = teacher_average_velocity(teacher, z[grid], inputs.t[grid], inputs.r[grid], y[grid], inputs.drop[grid],
+                                      inputs.guidance[grid], steps=2, shift=2.0)
+    torch.testing.assert_close(per_row["stepped"][grid], (u[grid] - target).square().flatten(1).mean(1),
+                               rtol=1e-5, atol=1e-6)
+    # The whole batch's loss is the mean of its rows'; without a teacher the option is an error.
+    torch.testing.assert_close(mean_flow_loss(model, x, y, inputs, stepped, teacher=teacher).loss,
+                               per_row["stepped"].mean(), rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="teacher"):
+        mean_flow_loss(model, x, y, inputs, stepped)
 
 
 def test_plain_dit_is_unchanged_and_refuses_the_new_inputs():

@@ -34,10 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.
 REPO = Path(__file__).resolve().parents[1]
 
 
-def mean_flow_config(out_dir, autoencoder_dir, cache_dir, init_from, distill=True, **engine):
+def mean_flow_config(out_dir, autoencoder_dir, cache_dir, init_from, distill=True, mean_flow_options=None, **engine):
     """A MeanFlow run warm-started from ``init_from`` with the guidance scale as an input, its sampling defaults."""
     config = tiny_config(out_dir, autoencoder_dir, cache_dir, **engine)
-    mean_flow = MeanFlowTrainConfig(guidance_range=(1.0, 3.0), distill=distill)
+    mean_flow = MeanFlowTrainConfig(guidance_range=(1.0, 3.0), distill=distill, **(mean_flow_options or {}))
     return dataclasses.replace(config, mean_flow=mean_flow, init_from=str(init_from), sampling=None)
 
 
@@ -140,11 +140,18 @@ def test_a_many_step_default_with_a_few_step_sampler(tmp_path, trained, autoenco
         SamplingDefaults(num_steps=4, few_steps=FewStepDefaults(max_steps=4))
 
 
-@pytest.mark.parametrize("distill", [True, False])
+# The teacher's steps on the grid rows: every r != t row on a 1- or 2-step grid of the default sampling shift,
+# followed in 2 steps.
+TEACHER_STEPS = {"interval_fraction": 0.5, "grid_fraction": 1.0, "grid_steps": (1, 2), "grid_shift": 1 / 0.15,
+                 "grid_teacher_steps": 2}
+
+
+@pytest.mark.parametrize("distill, options", [(True, None), (False, None), (True, TEACHER_STEPS)])
 def test_an_interrupted_and_resumed_mean_flow_run_is_bit_identical(tmp_path, trained, autoencoder_dir, cache_dir,
-                                                                     distill):
+                                                                     distill, options):
     run = lambda name, **engine: mean_flow_config(tmp_path / name, autoencoder_dir, cache_dir,  # noqa: E731
-                                                  trained / "pipeline", distill=distill, **engine)
+                                                  trained / "pipeline", distill=distill, mean_flow_options=options,
+                                                  **engine)
     train_diffusion(run("straight"))
     train_diffusion(run("resumed", max_steps=3))
     train_diffusion(run("resumed"), resume=True)
@@ -182,6 +189,8 @@ def test_the_starting_pipeline_is_checked(tmp_path, trained, autoencoder_dir, ca
         train_diffusion(flow_matching)
     with pytest.raises(ValueError, match="mean_flow.distill takes its teacher from init_from"):
         dataclasses.replace(config, init_from=None)
+    with pytest.raises(ValueError, match="grid_teacher_steps follows the teacher's flow: set distill"):
+        MeanFlowTrainConfig(grid_fraction=0.5, grid_teacher_steps=2)
     with pytest.raises(ValueError, match="init_from brings its own latent transform"):
         dataclasses.replace(config, latent_stats=str(cache_dir / "latent_stats.safetensors"))
     with pytest.raises(ValueError, match="overrides.interval_input is set by the objective"):

@@ -143,6 +143,20 @@ def check_sampling_defaults(config: DiTConfig, sampling: SamplingDefaults) -> No
         check_sampler(config, sampling.few_steps.sampler, sampling.few_steps.guidance)
 
 
+def pipeline_transform(folder: str | Path) -> LatentTransform:
+    """The latent transform a pipeline folder (or a shipped pipeline's name) samples in, or that of a transform
+    folder itself (``svg-diffusion fit-latent-transform``'s)."""
+    folder = Path(shipped_pipeline(folder))
+    if (folder / INDEX_FILE).is_file():
+        if (folder / TRANSFORM_FOLDER).is_dir():
+            return load_latent_transform(folder / TRANSFORM_FOLDER)
+        if not (folder / STATS_FILE).is_file():
+            raise SVGError(f"{folder}: a pipeline without a latent transform ({TRANSFORM_FOLDER}/ or {STATS_FILE}): "
+                           "one that only encodes and decodes")
+        return LatentStatistics.load(folder / STATS_FILE)
+    return load_latent_transform(folder)
+
+
 class SVGPipeline:
     """Autoencoder + transformer + latent transform + class names + default sampler settings.
 
@@ -226,8 +240,7 @@ class SVGPipeline:
         transformer = transform = None
         if (folder / TRANSFORMER_FOLDER).is_dir():
             transformer = DiT.from_pretrained(folder / TRANSFORMER_FOLDER)
-            transform = (load_latent_transform(folder / TRANSFORM_FOLDER) if (folder / TRANSFORM_FOLDER).is_dir()
-                         else LatentStatistics.load(folder / STATS_FILE))
+            transform = pipeline_transform(folder)
         return cls(autoencoder, transformer, transform, index.get("class_names"), sampling).to(device)
 
     # ---------------------------------------------------------------------------------------------- labels

@@ -64,6 +64,7 @@ points are one forward without gradient (on the fast attention kernel), in fp32,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -110,6 +111,10 @@ class MeanFlowConfig:
     grid_fraction: float = 0.0
     grid_steps: tuple[int, ...] = (1, 2, 4)
     grid_shift: float = 1.0
+    # > 0: the grid rows regress on the teacher's own step over their interval, its guided flow followed from
+    # z_t at t to r in this many Euler steps of the same shifted grid, instead of on the identity (needs a
+    # teacher). The identity's target holds only as well as the model's own du/dt; this one is the one-step map.
+    grid_teacher_steps: int = 0
 
     def __post_init__(self) -> None:
         check_number("interval_fraction", self.interval_fraction, at_least=0, at_most=1)
@@ -119,6 +124,9 @@ class MeanFlowConfig:
             raise ValueError("grid_steps must name at least one step count")
         for i, steps in enumerate(self.grid_steps):
             check_int(f"grid_steps[{i}]", steps, at_least=1)
+        check_int("grid_teacher_steps", self.grid_teacher_steps, at_least=0)
+        if self.grid_teacher_steps and not self.grid_fraction:
+            raise ValueError("grid_teacher_steps sets the target of the grid rows: set grid_fraction > 0 too")
         check_number("adaptive_weight_power", self.adaptive_weight_power, at_least=0)
         check_number("adaptive_weight_eps", self.adaptive_weight_eps, above=0)
         check_number("finite_difference_step", self.finite_difference_step, above=0)
@@ -138,11 +146,11 @@ class MeanFlowInputs:
     r: torch.Tensor  # [B] float32, r >= t: the interval's other end (r = t on the plain-velocity samples)
     drop: torch.Tensor  # [B] bool; True = use the null class
     guidance: torch.Tensor  # [B] float32: the guidance scale w of each sample (1 where the label is dropped)
+    on_grid: torch.Tensor  # [B] bool: True where (t, r) is one step of a few-step sampler's grid
 
     def rows(self, start: int, stop: int) -> MeanFlowInputs:
         """Rows [start, stop): a rank's slice of inputs drawn for the global batch."""
-        return MeanFlowInputs(self.noise[start:stop], self.t[start:stop], self.r[start:stop], self.drop[start:stop],
-                              self.guidance[start:stop])
+        return MeanFlowInputs(*(getattr(self, field.name)[start:stop] for field in dataclasses.fields(self)))
 
 
 def draw_mean_flow_inputs(shape: tuple[int, ...], flow: FlowMatchingConfig, config: MeanFlowConfig,
@@ -168,12 +176,13 @@ def draw_mean_flow_inputs(shape: tuple[int, ...], flow: FlowMatchingConfig, conf
     else:
         lo, hi = config.guidance_range
         guidance = (lo + (hi - lo) * torch.rand(batch, generator=generator, device=draw_device)).to(device)
+    on_grid = torch.zeros_like(interval)
     if config.grid_fraction > 0:  # drawn last, so that runs without it draw as before
         on_grid = (torch.rand(batch, generator=generator, device=draw_device) < config.grid_fraction).to(device)
         on_grid &= interval
         start, end = sampler_grid_intervals(batch, config.grid_steps, config.grid_shift, generator, draw_device)
         t, r = torch.where(on_grid, start.to(device), t), torch.where(on_grid, end.to(device), r)
-    return MeanFlowInputs(noise, t, torch.where(interval, r, t), drop, torch.where(drop, 1.0, guidance))
+    return MeanFlowInputs(noise, t, torch.where(interval, r, t), drop, torch.where(drop, 1.0, guidance), on_grid)
 
 
 def sampler_grid_intervals(batch: int, grid_steps: tuple[int, ...], shift: float, generator: torch.Generator | None,
@@ -250,6 +259,33 @@ def _finite_difference_on_intervals(average_velocity: RowsAverageVelocity, z: to
     return torch.zeros(z.shape, dtype=derivative.dtype, device=z.device).index_copy(0, rows, derivative)
 
 
+def teacher_average_velocity(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, y: torch.Tensor,
+                             drop: torch.Tensor, guidance: torch.Tensor, steps: int, shift: float) -> torch.Tensor:
+    """(z_r - z) / (r - t) [B, ...] float32: the average velocity of a flow-matching ``teacher(z, t, y, drop=)``
+    over each row's interval (r > t), its guided flow v_u + w (v_c - v_u) (w = ``guidance`` [B]) followed from
+    z at t to r in ``steps`` Euler steps, without gradient.
+
+    The steps split [t, r] evenly before the ``shift`` (:func:`.flow.shift_time`, whose inverse is the shift
+    by 1 / shift): when [t, r] is one step of an N-step ``time_grid(N, shift)`` they are that step of the
+    (N x steps)-step grid, the sampler the teacher itself would run. Each step is one forward of the
+    conditional and unconditional rows together; the state is carried in float32.
+    """
+    start, end = shift_time(t.double(), 1 / shift), shift_time(r.double(), 1 / shift)
+    times = [shift_time(start + (end - start) * (i / steps), shift).float() for i in range(steps + 1)]
+    times[0], times[-1] = t, r  # exact ends, whatever the float64 round trip does
+    both_drops = torch.cat([drop, torch.ones_like(drop)])
+    scale = _per_sample(guidance.float(), z)
+    state = z.float()
+    with torch.no_grad():
+        for now, later in zip(times[:-1], times[1:]):
+            both = teacher(torch.cat([state, state]).to(z.dtype), torch.cat([now, now]), torch.cat([y, y]),
+                           drop=both_drops).float()
+            conditional, unconditional = both.chunk(2)
+            velocity = combine_guidance(conditional, unconditional, scale, optimized_scale=False)
+            state = state + _per_sample(later - now, state) * velocity
+    return (state - z.float()) / _per_sample(r - t, state)
+
+
 def mean_flow_target(velocity: torch.Tensor, du_dt: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """The MeanFlow identity's right-hand side v + (r - t) du/dt, without gradient, in float32 at least
     (bf16 model outputs are promoted; float64 stays)."""
@@ -318,9 +354,24 @@ def mean_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs: M
         du_dt = _finite_difference_on_intervals(average_velocity, z, inputs.t, inputs.r, tangent,
                                                 config.finite_difference_step)
     target = mean_flow_target(velocity, du_dt, inputs.t, inputs.r)
+    if config.grid_teacher_steps:
+        target = _teacher_steps_on_grid(target, teacher, z, y, inputs, config)
     error = (u.to(target.dtype) - target).square().flatten(1).mean(1)  # [B]
     weight = (error.detach() + config.adaptive_weight_eps).pow(-config.adaptive_weight_power)
     return MeanFlowLoss(loss=(weight * error).mean(), mse=error.mean().detach())
+
+
+def _teacher_steps_on_grid(target: torch.Tensor, teacher: nn.Module | None, z: torch.Tensor, y: torch.Tensor,
+                           inputs: MeanFlowInputs, config: MeanFlowConfig) -> torch.Tensor:
+    """``target`` with its grid rows replaced by the teacher's average velocity over their intervals."""
+    if teacher is None:
+        raise ValueError("mean_flow.grid_teacher_steps follows a teacher's flow: pass a teacher (distill)")
+    rows = inputs.on_grid.nonzero().flatten()
+    if not len(rows):  # a frozen teacher without gradients: a rank may skip its forwards alone
+        return target
+    stepped = teacher_average_velocity(teacher, z[rows], inputs.t[rows], inputs.r[rows], y[rows], inputs.drop[rows],
+                                       inputs.guidance[rows], config.grid_teacher_steps, config.grid_shift)
+    return target.index_copy(0, rows, stepped.to(target.dtype))
 
 
 def check_sampling_guidance(config: DiTConfig, guidance_scale: float) -> None:

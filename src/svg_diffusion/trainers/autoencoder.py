@@ -21,6 +21,10 @@ masking): only the decoder and the critic learn, so a latent cache, latent stati
 trained on the old autoencoder stay valid for the new one. ``latent_noise`` τ > 0 then trains the decoder on
 z + σ·s·ε with σ ~ τ·U(0, 1) per sample and s the per-channel std of the latents (measured once at the start
 over the first training images): a decoder that tolerates the small errors of generated latents (RAE).
+With ``latent_noise_transform`` (a pipeline, or a latent transform folder) the noise is added where a diffusion
+model of that transform makes its errors instead: the decoder learns from T.decode(T.encode(z) + σ·ε), ε in the
+transform's modelled (for ``pca``: whitened, unit-variance) coordinates, so it also learns the projection onto
+the transform's subspace that every generated latent has (τ = 0: the projection alone).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from ..autoencoder.model import AutoencoderConfig, AutoencoderOutput, SVGAutoenc
 from ..autoencoder.vae import Autoencoder, VAEConfig, build_autoencoder, load_autoencoder
 from ..config import ConfigError, PathOrName, from_dict, save_config
 from ..data import DataConfig, build_dataset, random_hflip
+from ..diffusion.latent_transform import LatentTransform, transform_state
 from ..diffusion.latents import LatentMoments
 from ..errors import SVGError
 from ..evaluation.image_metrics import psnr
+from ..pipeline import pipeline_transform
 from ..training import Engine, EngineConfig, StepContext, Trainer
 from ..training.distributed import barrier
 from ..utils.checks import check_each, check_int, check_number
@@ -85,6 +91,8 @@ class AutoencoderTrainConfig:
     train_parts: Literal["all", "decoder"] = "all"
     latent_noise: float = 0.0  # τ, with train_parts: decoder (see the module docstring)
     latent_noise_images: int = 1024  # training images whose latents give the per-channel std s
+    # A pipeline (or a latent transform folder) whose transform T the noise is added in (see the module docstring)
+    latent_noise_transform: PathOrName | None = None
 
     def __post_init__(self):
         if isinstance(self.model, dict):  # from a file: ``kind`` picks the class first, so errors name the right key
@@ -104,6 +112,8 @@ class AutoencoderTrainConfig:
         if self.train_parts == "decoder" and (self.init_from is None or isinstance(self.model, VAEConfig)):
             raise ValueError("train_parts: decoder fine-tunes the decoder of a trained SVG autoencoder: set init_from")
         check_int("latent_noise_images", self.latent_noise_images, at_least=2)
+        if self.latent_noise_transform is not None and self.train_parts != "decoder":
+            raise ValueError("latent_noise_transform needs train_parts: decoder (the latent must stay the transform's)")
 
 
 class TrainedParts(nn.Module):
@@ -123,18 +133,24 @@ class TrainedParts(nn.Module):
         self.decoder_only = decoder_only
 
     def forward(self, images: torch.Tensor, extra: torch.Tensor | None = None,
-                latent_noise: torch.Tensor | None = None):
+                latent_noise: torch.Tensor | None = None, noise_transform: LatentTransform | None = None):
         """The autoencoder's forward: ``extra`` is the residual mask (SVG) or the posterior noise (VAE).
 
         Decoder-only: the latent is computed without gradients by the frozen parts, ``latent_noise`` (the
-        scaled noise, or None) is added, and only the decoder runs with gradients.
+        scaled noise, or None) is added, in the coordinates of ``noise_transform`` when given (through its
+        encode and decode), and only the decoder runs with gradients.
         """
         if not self.decoder_only:
             return self.autoencoder(images, extra)
         with torch.no_grad():
             latent = self.autoencoder.encode(images)
-        if latent_noise is not None:
-            latent = latent + latent_noise.to(latent.dtype)
+            if noise_transform is not None:  # in float32: autocast would round the projection to bf16
+                with torch.autocast(latent.device.type, enabled=False):
+                    modelled = noise_transform.encode(latent.float())
+                    noisy = modelled if latent_noise is None else modelled + latent_noise.float()
+                    latent = noise_transform.decode(noisy).to(latent.dtype)
+            elif latent_noise is not None:
+                latent = latent + latent_noise.to(latent.dtype)
         return AutoencoderOutput(self.autoencoder.decode(latent), latent)
 
 
@@ -148,8 +164,11 @@ class AutoencoderTrainer(Trainer):
         self.is_vae = isinstance(config.model, VAEConfig)
         if config.init_from is not None:
             load_trained_weights(self.autoencoder, config.init_from)
+        self.noise_transform = (None if config.latent_noise_transform is None
+                                else noise_transform(config.latent_noise_transform, self.autoencoder))
+        # the per-channel std s of z + σ·s·ε; a transform's coordinates have their own scale
         self.noise_std = (latent_channel_std(self.autoencoder, train_images, config.latent_noise_images, device)
-                          if config.latent_noise > 0 else None)
+                          if config.latent_noise > 0 and self.noise_transform is None else None)
         decoder_only = config.train_parts == "decoder"
         if decoder_only:  # the latent is fixed: running alignment statistics frozen, no residual masking
             for name, module in self.autoencoder._trained_modules().items():
@@ -181,16 +200,20 @@ class AutoencoderTrainer(Trainer):
             extra = torch.zeros(len(images), dtype=torch.bool, device=images.device)  # unused: nothing is masked
         else:
             extra = ctx.local_rows(model.draw_residual_mask(ctx.global_batch_size, ctx.generator("residual_mask")))
-        if self.noise_std is not None:  # z + σ·s·ε, σ ~ τ·U(0, 1) per sample, for the global batch
+        noisy = self.config.latent_noise > 0
+        if noisy:  # σ·s·ε (or σ·ε in the transform's coordinates), σ ~ τ·U(0, 1) per sample, for the global batch
             sigma = self.config.latent_noise * ctx.rand("latent_noise_level").view(-1, 1, 1, 1)
-            noise = sigma * self.noise_std.view(1, -1, 1, 1) * ctx.randn("latent_noise", *latent_shape)
+            if self.noise_transform is None:
+                noise = sigma * self.noise_std.view(1, -1, 1, 1) * ctx.randn("latent_noise", *latent_shape)
+            else:
+                noise = sigma * ctx.randn("latent_noise", self.noise_transform.channels, *latent_shape[1:])
         else:
             noise = torch.zeros(len(images), device=images.device)  # a placeholder micro_batches can split
         adversarial = self.criterion.gan_active(ctx.step)
 
         reconstructions = []
         for x, e, n in ctx.micro_batches(images, extra, noise):
-            out = ctx.modules["autoencoder"](x, e, n if self.noise_std is not None else None)
+            out = ctx.modules["autoencoder"](x, e, n if noisy else None, self.noise_transform)
             recon = out.recon
             loss, parts = self.criterion.generator_loss(x, recon, self.autoencoder.decoder.last_layer, adversarial)
             if self.is_vae:
@@ -215,10 +238,18 @@ class AutoencoderTrainer(Trainer):
 
     @torch.no_grad()
     def state_dict(self) -> dict:
+        if self.noise_transform is not None:  # read again from the config on a resume: kept to check it is the same
+            return {"latent_noise_transform": transform_state(self.noise_transform)}
         return {} if self.noise_std is None else {"latent_noise_std": self.noise_std}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.noise_std is not None:
+        if self.noise_transform is not None:
+            saved, ours = state.get("latent_noise_transform", {}), transform_state(self.noise_transform)
+            if saved.keys() != ours.keys() or any(
+                    not torch.equal(torch.as_tensor(saved[k]), torch.as_tensor(ours[k])) for k in ours if k != "kind"):
+                raise SVGError(f"latent_noise_transform {self.config.latent_noise_transform}: not the transform the "
+                               "checkpoint was trained with (it changed): resume with the original one")
+        elif self.noise_std is not None:
             self.noise_std = state["latent_noise_std"].to(self.noise_std.device)
         else:
             super().load_state_dict(state)
@@ -249,6 +280,16 @@ def load_trained_weights(autoencoder: Autoencoder, folder: str | Path) -> None:
             raise SVGError(f"init_from {folder}: its frozen encoder differs from the config's model.encoder")
     load_state_dict_strict(autoencoder._trained_modules(), source._trained_modules().state_dict(), str(folder),
                            "the autoencoder")
+
+
+def noise_transform(source: str | Path, autoencoder: Autoencoder) -> LatentTransform:
+    """The latent transform of ``source`` (a pipeline folder or name, or a transform folder), checked to map
+    ``autoencoder``'s latents."""
+    transform = pipeline_transform(source)
+    if transform.latent_channels != autoencoder.latent_channels:
+        raise SVGError(f"latent_noise_transform {source}: it maps {transform.latent_channels}-channel latents, "
+                       f"the autoencoder makes {autoencoder.latent_channels}")
+    return transform
 
 
 @torch.no_grad()

@@ -38,10 +38,16 @@ class MeanFlowTrainConfig(MeanFlowConfig):
     """The ``mean_flow`` section: the objective's options (:class:`MeanFlowConfig`) and ``distill``.
 
     ``distill``: the transformer of ``init_from`` (frozen) gives the target velocity instead of x - eps
-    (MF-RAE), guided with its own unconditional branch when the objective guides.
+    (MF-RAE), guided with its own unconditional branch when the objective guides, and the grid rows' steps
+    with ``grid_teacher_steps``.
     """
 
     distill: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grid_teacher_steps and not self.distill:
+            raise ValueError("grid_teacher_steps follows the teacher's flow: set distill (the teacher is init_from's)")
 
 
 def mean_flow_transformer(config: DiTConfig, mean_flow: MeanFlowConfig) -> DiTConfig:
@@ -70,7 +76,8 @@ def mean_flow_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, flow: Flo
     drawn = draw_mean_flow_inputs((ctx.global_batch_size, *x.shape[1:]), flow, mean_flow, ctx.generator("flow"),
                                   ctx.device)
     mine = drawn.rows(ctx.batch_offset, ctx.batch_offset + ctx.local_batch_size)
-    for x_i, y_i, *rows in ctx.micro_batches(x, y, mine.noise, mine.t, mine.r, mine.drop, mine.guidance):
+    for x_i, y_i, *rows in ctx.micro_batches(x, y, mine.noise, mine.t, mine.r, mine.drop, mine.guidance,
+                                              mine.on_grid):
         result = mean_flow_loss(ctx.modules["transformer"], x_i, y_i, MeanFlowInputs(*rows), mean_flow, teacher)
         ctx.backward(result.loss)
         ctx.log(loss=result.loss, mse=result.mse)
