@@ -29,7 +29,7 @@ from ..encoders import FrozenEncoder, load_encoder, save_encoder
 from ..errors import SVGError
 from ..utils.checks import check_int, check_number
 from ..utils.pretrained import (
-    load_state_dict_strict, read_pretrained_config, read_pretrained_state, stored_state, write_pretrained,
+    load_state_dict_strict, read_pretrained_config, read_pretrained_state, same_state, stored_state, write_pretrained,
 )
 from .alignment import AlignmentMode, DistributionAlignment
 from .decoder import Decoder, DecoderConfig
@@ -187,7 +187,7 @@ class SVGAutoencoder(nn.Module):
             return write_pretrained(folder, FORMAT, self.config, state)
         shared = load_encoder(encoder_folder).vit.state_dict()
         own = self.encoder.vit.state_dict()
-        if shared.keys() != own.keys() or not all(torch.equal(shared[k], own[k]) for k in own):
+        if not same_state(own, shared):
             raise SVGError(f"{encoder_folder} does not hold this autoencoder's frozen encoder")
         relative = os.path.relpath(Path(encoder_folder).resolve(), folder.resolve())
         return write_pretrained(folder, FORMAT, self.config, state, encoder_folder=relative)

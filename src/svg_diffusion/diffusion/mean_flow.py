@@ -148,9 +148,13 @@ class MeanFlowInputs:
     guidance: torch.Tensor  # [B] float32: the guidance scale w of each sample (1 where the label is dropped)
     on_grid: torch.Tensor  # [B] bool: True where (t, r) is one step of a few-step sampler's grid
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every field, in the constructor's order: ``MeanFlowInputs(*inputs.tensors())`` is a copy."""
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+
     def rows(self, start: int, stop: int) -> MeanFlowInputs:
         """Rows [start, stop): a rank's slice of inputs drawn for the global batch."""
-        return MeanFlowInputs(*(getattr(self, field.name)[start:stop] for field in dataclasses.fields(self)))
+        return MeanFlowInputs(*(tensor[start:stop] for tensor in self.tensors()))
 
 
 def draw_mean_flow_inputs(shape: tuple[int, ...], flow: FlowMatchingConfig, config: MeanFlowConfig,

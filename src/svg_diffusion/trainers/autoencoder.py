@@ -51,7 +51,7 @@ from ..training import Engine, EngineConfig, StepContext, Trainer
 from ..training.distributed import barrier
 from ..utils.checks import check_each, check_int, check_number
 from ..utils.images import save_image_grid
-from ..utils.pretrained import load_state_dict_strict
+from ..utils.pretrained import load_state_dict_strict, same_state
 
 MODEL_FOLDER = "autoencoder"
 SAMPLES_FOLDER = "samples"
@@ -244,9 +244,9 @@ class AutoencoderTrainer(Trainer):
 
     def load_state_dict(self, state: dict) -> None:
         if self.noise_transform is not None:
-            saved, ours = state.get("latent_noise_transform", {}), transform_state(self.noise_transform)
-            if saved.keys() != ours.keys() or any(
-                    not torch.equal(torch.as_tensor(saved[k]), torch.as_tensor(ours[k])) for k in ours if k != "kind"):
+            ours = transform_state(self.noise_transform)
+            kind, saved = ours.pop("kind"), dict(state.get("latent_noise_transform", {}))
+            if saved.pop("kind", None) != kind or not same_state(ours, saved):
                 raise SVGError(f"latent_noise_transform {self.config.latent_noise_transform}: not the transform the "
                                "checkpoint was trained with (it changed): resume with the original one")
         elif self.noise_std is not None:
@@ -276,7 +276,7 @@ def load_trained_weights(autoencoder: Autoencoder, folder: str | Path) -> None:
         raise SVGError(f"init_from {folder}: a {type(source).__name__}, but the config describes a {type(autoencoder).__name__}")
     if isinstance(source, SVGAutoencoder):
         own, theirs = autoencoder.encoder.vit.state_dict(), source.encoder.vit.state_dict()
-        if own.keys() != theirs.keys() or not all(torch.equal(own[k], theirs[k].to(own[k].device)) for k in own):
+        if not same_state(own, theirs):
             raise SVGError(f"init_from {folder}: its frozen encoder differs from the config's model.encoder")
     load_state_dict_strict(autoencoder._trained_modules(), source._trained_modules().state_dict(), str(folder),
                            "the autoencoder")

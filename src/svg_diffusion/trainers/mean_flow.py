@@ -76,8 +76,7 @@ def mean_flow_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, flow: Flo
     drawn = draw_mean_flow_inputs((ctx.global_batch_size, *x.shape[1:]), flow, mean_flow, ctx.generator("flow"),
                                   ctx.device)
     mine = drawn.rows(ctx.batch_offset, ctx.batch_offset + ctx.local_batch_size)
-    for x_i, y_i, *rows in ctx.micro_batches(x, y, mine.noise, mine.t, mine.r, mine.drop, mine.guidance,
-                                              mine.on_grid):
+    for x_i, y_i, *rows in ctx.micro_batches(x, y, *mine.tensors()):
         result = mean_flow_loss(ctx.modules["transformer"], x_i, y_i, MeanFlowInputs(*rows), mean_flow, teacher)
         ctx.backward(result.loss)
         ctx.log(loss=result.loss, mse=result.mse)

@@ -153,6 +153,11 @@ def load_pretrained(model_cls: type[M], folder: str | Path, format_name: str, co
     return model.eval()
 
 
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same keys with equal tensors (``b``'s compared on ``a``'s device)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k].to(a[k].device)) for k in a)
+
+
 def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str = "the model") -> None:
     """Raise SVGError unless ``state`` has exactly ``module``'s keys with the same shapes, naming the misfits."""
     check_keys_and_shapes(state, {key: value.shape for key, value in module.state_dict().items()}, source, what)
