@@ -1,10 +1,11 @@
-"""The LDM conv decoder: shapes, parameter count and the public checkpoint's key layout."""
+"""The LDM conv decoder: shapes, parameter count, the public checkpoint's key layout and the CPU inference path."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from svg_diffusion.autoencoder import Decoder, DecoderConfig
-from svg_diffusion.autoencoder.decoder import runs_faster_channels_last
+from svg_diffusion.autoencoder.decoder import fast_cpu_inference, upsample_conv
 from svg_diffusion.config import ConfigError, from_dict
 
 DEMO = DecoderConfig(z_channels=136, resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
@@ -46,16 +47,31 @@ def test_demo_decoder_runs_and_backpropagates():
     assert len(decoder.up[2].attn) == 2 and len(decoder.up[0].attn) == 0  # attention at 8x8 only
 
 
-def test_cpu_inference_in_channels_last_matches_the_contiguous_path():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsampling_conv_at_low_resolution_equals_nearest_x2_then_conv(channels_last):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 5, 7, generator=generator)  # odd, unequal sides: every border case of the phases
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(16, 8, 3, 3, generator=generator), torch.randn(16, generator=generator)
+    plain = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight, bias, padding=1)
+    fast = upsample_conv(x, weight, bias)
+    assert fast.shape == (3, 16, 10, 14)
+    assert fast.is_contiguous(memory_format=torch.channels_last) == channels_last  # the layout is kept
+    torch.testing.assert_close(fast, plain)
+
+
+def test_cpu_inference_matches_the_training_path():
     decoder = Decoder(DEMO).eval()
     z = torch.randn(4, 136, 8, 8, generator=torch.Generator().manual_seed(0))
-    contiguous = decoder(z).detach()  # with gradients the decoder keeps the contiguous layout
+    # with gradients: the contiguous layout and the plain upsampling convs; without: channels_last, upsample_conv
+    contiguous = decoder(z).detach()
     with torch.no_grad():
-        assert runs_faster_channels_last(z)
+        assert fast_cpu_inference(z)
         fast = decoder(z)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not runs_faster_channels_last(z)  # GroupNorm in channels_last is slower in bf16
-    assert not runs_faster_channels_last(z)
+            assert not fast_cpu_inference(z)  # GroupNorm in channels_last is slower in bf16
+    assert not fast_cpu_inference(z)
     assert fast.is_contiguous()
     torch.testing.assert_close(fast, contiguous)  # fp32 tolerances: only the summation order differs
 

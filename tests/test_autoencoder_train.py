@@ -25,8 +25,9 @@ from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config,
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction
 from svg_diffusion.diffusion.latent_transform import fit_pca, save_latent_transform
-from svg_diffusion.trainers.autoencoder import AutoencoderTrainConfig, TrainedParts, train_autoencoder
-from svg_diffusion.training import checkpoint_path, list_checkpoints, load_checkpoint, read_records
+from svg_diffusion.trainers.autoencoder import (AutoencoderTrainConfig, AutoencoderTrainer, TrainedParts,
+                                                train_autoencoder)
+from svg_diffusion.training import Engine, checkpoint_path, list_checkpoints, load_checkpoint, read_records
 
 # 16x16 images, the 'tiny' frozen encoder (64 channels, patch 4: 4x4 latents), 4 residual channels, a small
 # decoder and critic; the GAN starts after the first step so every run below goes through both phases.
@@ -150,12 +151,41 @@ def test_decoder_finetuning_with_noise_in_a_latent_transforms_coordinates(tmp_pa
     ({"latent_noise": 0.1}, "latent_noise needs train_parts: decoder"),
     ({"latent_noise_transform": "demo-pipeline"}, "latent_noise_transform needs train_parts: decoder"),
     ({"train_parts": "encoder"}, "train_parts"),
+    ({"init_from_subset": True}, "init_from_subset needs init_from"),
 ])
 def test_finetuning_config_errors(settings, message):
     data = {**json.loads(json.dumps(TINY)), **settings}
     data["engine"]["out_dir"] = "unused"
     with pytest.raises((ConfigError, ValueError), match=message):
         from_dict(AutoencoderTrainConfig, data)
+
+
+def test_a_slimmer_decoder_starts_from_the_weights_it_shares(tmp_path, fmnist_dir, capsys):
+    base = train_autoencoder(tiny_config(tmp_path / "base", max_steps=1, checkpoint_every=1))
+    trained = SVGAutoencoder.from_pretrained(base).decoder.state_dict()
+    slim = finetune_config(tmp_path / "slim", base, max_steps=1, init_from_subset=True)
+    slim.model.decoder.num_res_blocks = 0  # one residual block per level instead of two
+
+    def build(config: AutoencoderTrainConfig) -> AutoencoderTrainer:
+        Engine(config.engine)  # seeds torch as a run does, so the 'tiny' frozen encoder is the base's
+        return AutoencoderTrainer(config, torch.device("cpu"), torch.zeros(1, 3, 16, 16))
+
+    trainer = build(slim)
+    # exactly the second block of each level is left out; everything the slim decoder has is the trained one's
+    assert sorted(trainer.dropped_weights) == sorted(f"decoder.{key}" for key in trained if ".block.1." in key)
+    own = trainer.autoencoder.decoder.state_dict()
+    assert own.keys() < trained.keys() and all(torch.equal(own[key], trained[key]) for key in own)
+    folder = train_autoencoder(slim)
+    assert len(SVGAutoencoder.from_pretrained(folder).decoder.up[0].block) == 1
+    assert "init_from: 24 weights of 12 modules left out" in capsys.readouterr().out
+
+    slim.init_from_subset = False  # without the option the extra weights are an error, by name
+    with pytest.raises(SVGError, match=r"unexpected keys: decoder\.up\.0\.block\.1\."):
+        build(slim)
+    wider = finetune_config(tmp_path / "wider", base, init_from_subset=True)
+    wider.model.decoder.num_res_blocks = 2  # a weight the source lacks stays an error with the option
+    with pytest.raises(SVGError, match=r"missing keys: decoder\.up\.0\.block\.2\."):
+        build(wider)
 
 
 def test_init_from_must_hold_the_same_frozen_encoder(tmp_path, fmnist_dir):

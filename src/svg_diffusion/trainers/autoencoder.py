@@ -15,7 +15,9 @@ The frozen encoder and LPIPS are never optimized. What DDP wraps and checkpoints
 (``TrainedParts``: residual encoder, alignment statistics, decoder), not the frozen encoder. At the end
 ``out_dir/autoencoder`` holds the model as ``SVGAutoencoder.save_pretrained`` writes it.
 
-Fine-tuning. ``init_from`` starts from a trained autoencoder's weights (same architecture). With
+Fine-tuning. ``init_from`` starts from a trained autoencoder's weights (same architecture; with
+``init_from_subset`` a slimmer one, e.g. a decoder with fewer ``num_res_blocks``, takes the weights it shares by
+name and shape, and the source's others are dropped: a cheaper decoder that starts close to the trained one). With
 ``train_parts: decoder`` the latent is fixed (residual encoder and alignment frozen in eval mode, no residual
 masking): only the decoder and the critic learn, so a latent cache, latent statistics and a diffusion model
 trained on the old autoencoder stay valid for the new one. ``latent_noise`` τ > 0 then trains the decoder on
@@ -88,6 +90,9 @@ class AutoencoderTrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     preview_images: int = 16
     init_from: PathOrName | None = None  # an autoencoder folder (or a pipeline folder holding one) to start from
+    # The model may drop weights of init_from's (a decoder with fewer residual blocks per level); each weight it has
+    # must still be in init_from with its shape
+    init_from_subset: bool = False
     train_parts: Literal["all", "decoder"] = "all"
     latent_noise: float = 0.0  # τ, with train_parts: decoder (see the module docstring)
     latent_noise_images: int = 1024  # training images whose latents give the per-channel std s
@@ -112,6 +117,8 @@ class AutoencoderTrainConfig:
         if self.train_parts == "decoder" and (self.init_from is None or isinstance(self.model, VAEConfig)):
             raise ValueError("train_parts: decoder fine-tunes the decoder of a trained SVG autoencoder: set init_from")
         check_int("latent_noise_images", self.latent_noise_images, at_least=2)
+        if self.init_from_subset and self.init_from is None:
+            raise ValueError("init_from_subset needs init_from (the autoencoder whose weights the model takes)")
         if self.latent_noise_transform is not None and self.train_parts != "decoder":
             raise ValueError("latent_noise_transform needs train_parts: decoder (the latent must stay the transform's)")
 
@@ -162,8 +169,9 @@ class AutoencoderTrainer(Trainer):
         self.config = config
         self.autoencoder = build_autoencoder(config.model).to(device)
         self.is_vae = isinstance(config.model, VAEConfig)
-        if config.init_from is not None:
-            load_trained_weights(self.autoencoder, config.init_from)
+        # names of init_from's weights the model has no place for (init_from_subset)
+        self.dropped_weights = ([] if config.init_from is None else
+                                load_trained_weights(self.autoencoder, config.init_from, config.init_from_subset))
         self.noise_transform = (None if config.latent_noise_transform is None
                                 else noise_transform(config.latent_noise_transform, self.autoencoder))
         # the per-channel std s of z + σ·s·ε; a transform's coordinates have their own scale
@@ -264,12 +272,14 @@ class AutoencoderTrainer(Trainer):
             save_reconstruction_grid(self.preview, recon, ctx.out_dir / SAMPLES_FOLDER / f"recon_{ctx.step:08d}.png")
 
 
-def load_trained_weights(autoencoder: Autoencoder, folder: str | Path) -> None:
-    """Copy a saved autoencoder's trained weights (``model.safetensors``) into ``autoencoder``, strictly.
+def load_trained_weights(autoencoder: Autoencoder, folder: str | Path, subset: bool = False) -> list[str]:
+    """Copy a saved autoencoder's trained weights (``model.safetensors``) into ``autoencoder``, strictly; return
+    the names of the source's weights left out (none unless ``subset``).
 
     ``folder`` is an autoencoder folder or a pipeline folder holding one; its architecture must be
-    ``autoencoder``'s (a missing, unexpected or misshapen key fails by name). The frozen encoders must be equal too:
-    a decoder trained on other features would be meaningless.
+    ``autoencoder``'s (a missing, unexpected or misshapen key fails by name), or with ``subset`` contain it
+    (only the source's extra keys are allowed). The frozen encoders must be equal too: a decoder trained on
+    other features would be meaningless.
     """
     source = load_autoencoder(folder)
     if type(source) is not type(autoencoder):
@@ -278,8 +288,12 @@ def load_trained_weights(autoencoder: Autoencoder, folder: str | Path) -> None:
         own, theirs = autoencoder.encoder.vit.state_dict(), source.encoder.vit.state_dict()
         if not same_state(own, theirs):
             raise SVGError(f"init_from {folder}: its frozen encoder differs from the config's model.encoder")
-    load_state_dict_strict(autoencoder._trained_modules(), source._trained_modules().state_dict(), str(folder),
+    target = autoencoder._trained_modules()
+    state = source._trained_modules().state_dict()
+    dropped = [key for key in state if key not in target.state_dict()] if subset else []
+    load_state_dict_strict(target, {key: value for key, value in state.items() if key not in dropped}, str(folder),
                            "the autoencoder")
+    return dropped
 
 
 def noise_transform(source: str | Path, autoencoder: Autoencoder) -> LatentTransform:
@@ -325,6 +339,10 @@ def train_autoencoder(config: AutoencoderTrainConfig, resume: bool = False) -> P
     preview = torch.stack([preview_data[i][0] for i in range(min(config.preview_images, len(preview_data)))])
     train_images = build_dataset(config.data, "train", progress=engine.is_main)
     trainer = AutoencoderTrainer(config, engine.device, preview, train_images)
+    if trainer.dropped_weights:
+        modules = sorted({key.rsplit(".", 1)[0] for key in trainer.dropped_weights})
+        engine.print(f"init_from: {len(trainer.dropped_weights)} weights of {len(modules)} modules left out "
+                     f"({', '.join(modules[:3])}{', ...' if len(modules) > 3 else ''})")
     engine.fit(trainer, train_images, resume=resume)
     folder = out_dir / MODEL_FOLDER
     if engine.is_main:
