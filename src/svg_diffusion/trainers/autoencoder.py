@@ -289,10 +289,12 @@ def load_trained_weights(autoencoder: Autoencoder, folder: str | Path, subset: b
         if not same_state(own, theirs):
             raise SVGError(f"init_from {folder}: its frozen encoder differs from the config's model.encoder")
     target = autoencoder._trained_modules()
-    state, own_keys = source._trained_modules().state_dict(), target.state_dict().keys()
-    dropped = [key for key in state if key not in own_keys] if subset else []
-    load_state_dict_strict(target, {key: value for key, value in state.items() if key not in dropped}, str(folder),
-                           "the autoencoder")
+    state, dropped = source._trained_modules().state_dict(), []
+    if subset:
+        own_keys = target.state_dict().keys()
+        dropped = [key for key in state if key not in own_keys]
+        state = {key: value for key, value in state.items() if key in own_keys}
+    load_state_dict_strict(target, state, str(folder), "the autoencoder")
     return dropped
 
 
