@@ -2,7 +2,7 @@
 # The shipped demo pipeline (demo-pipeline: src/svg_diffusion/assets/demo_pipeline), from nothing, with this
 # project's commands.
 #
-#   scripts/reproduce_demo.sh            # the shipped configs (configs/demo/*.yaml): ~7.4 h of one CPU core;
+#   scripts/reproduce_demo.sh            # the shipped configs (configs/demo/*.yaml): ~8.1 h of one CPU core;
 #                                        # overwrites the shipped encoder and pipeline (git diff shows what changed)
 #   scripts/reproduce_demo.sh --quick    # configs/demo/quick/*.yaml: the same architecture, shorter runs, all
 #                                        # under runs/demo_quick (~20 min estimated, docs/demo.md); the shipped files are untouched
@@ -23,7 +23,7 @@ case "${1:-}" in
     configs=configs/demo
     encoder=src/svg_diffusion/assets/demo_encoder            # pretrain_encoder.yaml's export_dir (demo-pretrained)
     pipeline=runs/demo/pipeline                              # the MeanFlow DiT's pipeline with the fine-tuned decoder
-    total=9
+    total=10
     ;;
   --quick)
     configs=configs/demo/quick
@@ -52,19 +52,23 @@ stage "4/$total train the diffusion transformer on the latent's PCA directions"
 $SVG train --config "$configs/diffusion.yaml"
 
 if [ -z "${1:-}" ]; then
-  stage "5/9 fine-tune the decoder with the critic (the latent stays the same)"
+  stage "5/10 fine-tune the decoder with the critic (the latent stays the same)"
   $SVG train-autoencoder --config "$configs/decoder_finetune.yaml" --set init_from=runs/demo/autoencoder/autoencoder
-  stage "6/9 MeanFlow fine-tune of the DiT (it keeps 25-step Euler sampling and adds 1-4 step sampling)"
+  stage "6/10 MeanFlow fine-tune of the DiT (it keeps 25-step Euler sampling and adds 1-4 step sampling)"
   $SVG train --config "$configs/mean_flow.yaml"
-  stage "7/9 fine-tune that decoder on the DiT's own latent space (PCA projection + noise)"
+  stage "7/10 fine-tune that decoder on the DiT's own latent space (PCA projection + noise)"
   $SVG train-autoencoder --config "$configs/decoder_noise.yaml" --set init_from=runs/demo/decoder_finetune/autoencoder \
     --set latent_noise_transform=runs/demo/mean_flow/pipeline
-  stage "8/9 a slimmer decoder (one residual block per level) from that one, the same way; give it to the DiT -> $pipeline"
+  stage "8/10 a slimmer decoder (one residual block per level) from that one, the same way; give it to the DiT"
   $SVG train-autoencoder --config "$configs/decoder_noise.yaml" --set init_from=runs/demo/decoder_noise/autoencoder \
     --set latent_noise_transform=runs/demo/mean_flow/pipeline --set engine.out_dir=runs/demo/decoder_slim \
     --set engine.max_steps=2000 --set model.decoder.num_res_blocks=0 --set init_from_subset=true
-  $SVG export runs/demo/mean_flow --out "$pipeline" --autoencoder runs/demo/decoder_slim/autoencoder
-  stage "9/9 ship it: float16 weights sharing the encoder, SHA256SUMS -> src/svg_diffusion/assets/demo_pipeline"
+  $SVG export runs/demo/mean_flow --out runs/demo/pipeline_slim --autoencoder runs/demo/decoder_slim/autoencoder
+  stage "9/10 that decoder on the DiT's one-step estimates too (the latents few-step samplers end with) -> $pipeline"
+  $SVG train-autoencoder --config "$configs/decoder_denoise.yaml" --set init_from=runs/demo/pipeline_slim \
+    --set latent_noise_transform=runs/demo/pipeline_slim --set latent_denoiser=runs/demo/pipeline_slim
+  $SVG export runs/demo/mean_flow --out "$pipeline" --autoencoder runs/demo/decoder_denoise/autoencoder
+  stage "10/10 ship it: float16 weights sharing the encoder, SHA256SUMS -> src/svg_diffusion/assets/demo_pipeline"
   "$PYTHON" -c "from svg_diffusion.demo import export_demo_pipeline; print(export_demo_pipeline('$pipeline'))"
   stage "the demo grid"
   $SVG demo --seed 0

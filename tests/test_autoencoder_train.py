@@ -24,10 +24,14 @@ from svg_diffusion.diffusion.latents import autoencoder_fingerprint
 from svg_diffusion.encoders import FrozenEncoder, VisionTransformer, get_config, load_encoder, save_encoder
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation.reconstruction import evaluate_reconstruction
+from svg_diffusion.diffusion.guidance import GuidanceConfig
 from svg_diffusion.diffusion.latent_transform import fit_pca, save_latent_transform
+from svg_diffusion.diffusion.transformer import DiT, DiTConfig
+from svg_diffusion.pipeline import SamplingDefaults, SVGPipeline
 from svg_diffusion.trainers.autoencoder import (AutoencoderTrainConfig, AutoencoderTrainer, TrainedParts,
                                                 train_autoencoder)
 from svg_diffusion.training import Engine, checkpoint_path, list_checkpoints, load_checkpoint, read_records
+from svg_diffusion.training.randomness import derive_seed
 
 # 16x16 images, the 'tiny' frozen encoder (64 channels, patch 4: 4x4 latents), 4 residual channels, a small
 # decoder and critic; the GAN starts after the first step so every run below goes through both phases.
@@ -120,7 +124,7 @@ def test_decoder_finetuning_with_noise_in_a_latent_transforms_coordinates(tmp_pa
     parts = TrainedParts(autoencoder, decoder_only=True)
     noise = 0.3 * torch.randn(4, 6, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        out = parts(images[:4], latent_noise=noise, noise_transform=transform)
+        out = parts(images[:4], perturb=lambda coords: coords + noise, noise_transform=transform)
         expected = transform.decode(transform.encode(latents[:4]) + noise)
         torch.testing.assert_close(out.latent, expected)
         torch.testing.assert_close(out.recon, autoencoder.decode(expected))
@@ -146,12 +150,71 @@ def test_decoder_finetuning_with_noise_in_a_latent_transforms_coordinates(tmp_pa
         train_autoencoder(finetune_config(tmp_path / "narrow_run", base, latent_noise_transform=str(narrow)))
 
 
+def denoiser_pipeline(folder: Path, autoencoder: SVGAutoencoder, transform, seed: int = 0) -> Path:
+    """A pipeline whose tiny random DiT samples in ``transform`` with guidance 2 by default."""
+    torch.manual_seed(seed)
+    transformer = DiT(DiTConfig(in_channels=transform.channels, input_size=autoencoder.latent_size, hidden_size=32,
+                                depth=1, num_heads=2, num_classes=10))
+    with torch.no_grad():  # adaLN-Zero starts as the zero velocity: perturb so the estimate depends on x, t and y
+        for p in transformer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sampling = SamplingDefaults(num_steps=3, shift=2.0, guidance=GuidanceConfig(scale=2.0))
+    return SVGPipeline(autoencoder, transformer.eval(), transform, [str(i) for i in range(10)], sampling).save_pretrained(folder)
+
+
+def test_decoder_finetuning_on_the_denoisers_one_step_estimates(tmp_path, fmnist_dir):
+    base = train_autoencoder(tiny_config(tmp_path / "base", max_steps=1, checkpoint_every=1))
+    autoencoder = SVGAutoencoder.from_pretrained(base)
+    dataset = FashionMNIST("train", image_size=16, root=fmnist_dir, limit=24)
+    images = torch.stack([dataset[i][0] for i in range(24)])
+    with torch.no_grad():
+        latents = autoencoder.encode(images)
+    transform = fit_pca([latents], 68, components=6)
+    folder = denoiser_pipeline(tmp_path / "pipeline", autoencoder, transform)
+    settings = {"latent_noise": 0.5, "latent_denoiser": str(folder)}  # the noise transform is the pipeline's
+    torch.manual_seed(derive_seed(0, "init"))  # as the engine seeds: the random 'tiny' encoder is the base model's
+    trainer = AutoencoderTrainer(finetune_config(tmp_path / "unused", base, **settings), torch.device("cpu"), images[:4])
+    assert torch.equal(trainer.noise_transform.components, transform.components)
+    # Picked rows get z_t + (1 - t) * v_guided(z_t, t, y), z_t = t * m + (1 - t) * start; the others the noise.
+    g = torch.Generator().manual_seed(0)
+    noise, start = 0.3 * torch.randn(4, 6, 4, 4, generator=g), torch.randn(4, 6, 4, 4, generator=g)
+    picked, times, labels = torch.tensor([True, False, True, False]), torch.tensor([0.6, 0.7, 1.0, 0.9]), torch.arange(4)
+    coords = transform.encode(latents[:4])
+    with torch.no_grad():
+        out = trainer._perturbation(noise, (picked, times, start, labels))(coords)
+        z_t = 0.6 * coords[:1] + 0.4 * start[:1]
+        v_cond = trainer.denoiser(z_t, times[:1], labels[:1])
+        v_uncond = trainer.denoiser(z_t, times[:1], torch.tensor([10]))
+        torch.testing.assert_close(out[:1], z_t + 0.4 * (v_uncond + 2.0 * (v_cond - v_uncond)))
+    torch.testing.assert_close(out[~picked], coords[~picked] + noise[~picked])
+    assert torch.equal(out[2], coords[2])  # at t = 1 the estimate is the clean latent
+    assert (out[0] - coords[0]).abs().max() > 1e-2
+    # A run keeps the DiT's digest, resumes bit-identically, and refuses a changed DiT or another transform.
+    train_autoencoder(finetune_config(tmp_path / "straight", base, **settings))
+    state = load_checkpoint(checkpoint_path(tmp_path / "straight", 3))
+    assert len(state["trainer"]["latent_denoiser"]) == 64
+    train_autoencoder(finetune_config(tmp_path / "resumed", base, max_steps=2, **settings))
+    train_autoencoder(finetune_config(tmp_path / "resumed", base, **settings), resume=True)
+    resumed = load_checkpoint(checkpoint_path(tmp_path / "resumed", 3))
+    for part in ("modules", "optimizers", "trainer"):
+        assert_same_state(state[part], resumed[part])
+    denoiser_pipeline(folder, autoencoder, transform, seed=1)
+    with pytest.raises(SVGError, match="not the transformer the checkpoint was trained with"):
+        train_autoencoder(finetune_config(tmp_path / "resumed", base, max_steps=4, **settings), resume=True)
+    other = save_latent_transform(fit_pca([latents], 68, components=5), tmp_path / "other")
+    with pytest.raises(SVGError, match="samples in another latent transform"):
+        train_autoencoder(finetune_config(tmp_path / "other_run", base, latent_noise_transform=str(other), **settings))
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"train_parts": "decoder"}, "set init_from"),
     ({"latent_noise": 0.1}, "latent_noise needs train_parts: decoder"),
     ({"latent_noise_transform": "demo-pipeline"}, "latent_noise_transform needs train_parts: decoder"),
     ({"train_parts": "encoder"}, "train_parts"),
     ({"init_from_subset": True}, "init_from_subset needs init_from"),
+    ({"latent_denoiser": "demo-pipeline"}, "latent_denoiser needs train_parts: decoder"),
+    ({"latent_denoise_fraction": 0}, "latent_denoise_fraction"),
+    ({"latent_denoise_times": [0.9, 0.5]}, "latent_denoise_times"),
 ])
 def test_finetuning_config_errors(settings, message):
     data = {**json.loads(json.dumps(TINY)), **settings}
@@ -353,3 +416,13 @@ def test_the_demo_decoder_configs_load_and_differ_only_in_the_noise():
     assert differ == {"engine", "latent_noise", "latent_noise_transform"}
     assert {key for key, value in to_dict(noise.engine).items()
             if to_dict(finetune.engine)[key] != value} == {"out_dir", "max_steps"}
+
+
+def test_the_denoise_decoder_config_is_the_slim_noise_recipe_plus_the_denoiser():
+    noise, denoise = (load_config(AutoencoderTrainConfig, REPO / "configs" / "demo" / name)
+                      for name in ("decoder_noise.yaml", "decoder_denoise.yaml"))
+    assert denoise.latent_denoiser == "demo-pipeline" and denoise.model.decoder.num_res_blocks == 0
+    differ = {key for key, value in to_dict(denoise).items() if to_dict(noise)[key] != value}
+    assert differ == {"engine", "model", "latent_denoiser"}  # fraction and times are the defaults, written out
+    assert {key for key, value in to_dict(denoise.model.decoder).items()
+            if to_dict(noise.model.decoder)[key] != value} == {"num_res_blocks"}

@@ -27,13 +27,21 @@ With ``latent_noise_transform`` (a pipeline, or a latent transform folder) the n
 model of that transform makes its errors instead: the decoder learns from T.decode(T.encode(z) + σ·ε), ε in the
 transform's modelled (for ``pca``: whitened, unit-variance) coordinates, so it also learns the projection onto
 the transform's subspace that every generated latent has (τ = 0: the projection alone).
+
+With ``latent_denoiser`` (a pipeline with a transformer that samples in that transform) a fraction
+``latent_denoise_fraction`` of the samples instead gets the latent the DiT makes of it in the last step of a
+sampler: in the modelled coordinates m = T.encode(z), z_t = t·m + (1 - t)·ε with t ~ U(``latent_denoise_times``)
+and ε ~ N(0, I), then one guided Euler step to t = 1, m' = z_t + (1 - t)·v(z_t, t, y) (the DiT's estimate of the
+clean latent: a posterior mean, smoother the noisier z_t), decoded from T.decode(m') towards the image itself.
+Few-step samplers end with such a step from a noisy t (5 Euler steps on shift 2: from t = 0.67), so their
+latents are smoothed the same way; a decoder that has seen them renders them sharp.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -44,16 +52,18 @@ from ..autoencoder.model import AutoencoderConfig, AutoencoderOutput, SVGAutoenc
 from ..autoencoder.vae import Autoencoder, VAEConfig, build_autoencoder, load_autoencoder
 from ..config import ConfigError, PathOrName, from_dict, save_config
 from ..data import DataConfig, build_dataset, random_hflip
+from ..diffusion.guidance import GuidanceConfig, guided_velocity
 from ..diffusion.latent_transform import LatentTransform, transform_state
 from ..diffusion.latents import LatentMoments
 from ..errors import SVGError
 from ..evaluation.image_metrics import psnr
-from ..pipeline import pipeline_transform
+from ..pipeline import SVGPipeline, pipeline_transform
 from ..training import Engine, EngineConfig, StepContext, Trainer
 from ..training.distributed import barrier
-from ..utils.checks import check_each, check_int, check_number
+from ..utils.checks import check_each, check_int, check_interval, check_number
 from ..utils.images import save_image_grid
 from ..utils.pretrained import load_state_dict_strict, same_state
+from .warm_start import weights_digest
 
 MODEL_FOLDER = "autoencoder"
 SAMPLES_FOLDER = "samples"
@@ -98,6 +108,12 @@ class AutoencoderTrainConfig:
     latent_noise_images: int = 1024  # training images whose latents give the per-channel std s
     # A pipeline (or a latent transform folder) whose transform T the noise is added in (see the module docstring)
     latent_noise_transform: PathOrName | None = None
+    # A pipeline whose transformer denoises a fraction of the latents before decoding (see the module docstring);
+    # its latent transform is latent_noise_transform's (the default when that is not set)
+    latent_denoiser: PathOrName | None = None
+    latent_denoise_fraction: float = 0.5
+    latent_denoise_times: tuple[float, float] = (0.5, 1.0)  # t (0: noise, 1: data) ~ U(lo, hi)
+    latent_denoise_guidance: float | None = None  # the CFG scale of the DiT's step; None: the pipeline's default
 
     def __post_init__(self):
         if isinstance(self.model, dict):  # from a file: ``kind`` picks the class first, so errors name the right key
@@ -121,6 +137,12 @@ class AutoencoderTrainConfig:
             raise ValueError("init_from_subset needs init_from (the autoencoder whose weights the model takes)")
         if self.latent_noise_transform is not None and self.train_parts != "decoder":
             raise ValueError("latent_noise_transform needs train_parts: decoder (the latent must stay the transform's)")
+        if self.latent_denoiser is not None and self.train_parts != "decoder":
+            raise ValueError("latent_denoiser needs train_parts: decoder (the latent must stay the DiT's)")
+        check_number("latent_denoise_fraction", self.latent_denoise_fraction, above=0, at_most=1)
+        check_interval("latent_denoise_times", self.latent_denoise_times, at_least=0, at_most=1)
+        if self.latent_denoise_guidance is not None:
+            check_number("latent_denoise_guidance", self.latent_denoise_guidance, at_least=0)
 
 
 class TrainedParts(nn.Module):
@@ -140,12 +162,13 @@ class TrainedParts(nn.Module):
         self.decoder_only = decoder_only
 
     def forward(self, images: torch.Tensor, extra: torch.Tensor | None = None,
-                latent_noise: torch.Tensor | None = None, noise_transform: LatentTransform | None = None):
+                perturb: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                noise_transform: LatentTransform | None = None):
         """The autoencoder's forward: ``extra`` is the residual mask (SVG) or the posterior noise (VAE).
 
-        Decoder-only: the latent is computed without gradients by the frozen parts, ``latent_noise`` (the
-        scaled noise, or None) is added, in the coordinates of ``noise_transform`` when given (through its
-        encode and decode), and only the decoder runs with gradients.
+        Decoder-only: the latent is computed without gradients by the frozen parts, changed by ``perturb``
+        (e.g. noise added; None: unchanged) in the coordinates of ``noise_transform`` when given (through its
+        encode and decode, in float32), and only the decoder runs with gradients.
         """
         if not self.decoder_only:
             return self.autoencoder(images, extra)
@@ -154,10 +177,9 @@ class TrainedParts(nn.Module):
             if noise_transform is not None:  # in float32: autocast would round the projection to bf16
                 with torch.autocast(latent.device.type, enabled=False):
                     modelled = noise_transform.encode(latent.float())
-                    noisy = modelled if latent_noise is None else modelled + latent_noise.float()
-                    latent = noise_transform.decode(noisy).to(latent.dtype)
-            elif latent_noise is not None:
-                latent = latent + latent_noise.to(latent.dtype)
+                    latent = noise_transform.decode(modelled if perturb is None else perturb(modelled)).to(latent.dtype)
+            elif perturb is not None:
+                latent = perturb(latent)
         return AutoencoderOutput(self.autoencoder.decode(latent), latent)
 
 
@@ -174,6 +196,7 @@ class AutoencoderTrainer(Trainer):
                                 load_trained_weights(self.autoencoder, config.init_from, config.init_from_subset))
         self.noise_transform = (None if config.latent_noise_transform is None
                                 else noise_transform(config.latent_noise_transform, self.autoencoder))
+        self.denoiser = None if config.latent_denoiser is None else self._load_denoiser(device)
         # the per-channel std s of z + σ·s·ε; a transform's coordinates have their own scale
         self.noise_std = (latent_channel_std(self.autoencoder, train_images, config.latent_noise_images, device)
                           if config.latent_noise > 0 and self.noise_transform is None else None)
@@ -197,7 +220,7 @@ class AutoencoderTrainer(Trainer):
         return {"autoencoder": self.opt_g, "discriminator": self.opt_d}
 
     def training_step(self, batch, ctx: StepContext) -> None:
-        images, _ = batch
+        images, labels = batch
         if self.config.data.hflip:
             images = random_hflip(images, ctx.generator("hflip"), ctx.global_batch_size, ctx.batch_offset)
         model = self.autoencoder
@@ -217,11 +240,20 @@ class AutoencoderTrainer(Trainer):
                 noise = sigma * ctx.randn("latent_noise", self.noise_transform.channels, *latent_shape[1:])
         else:
             noise = torch.zeros(len(images), device=images.device)  # a placeholder micro_batches can split
+        denoised = self.denoiser is not None
+        if denoised:  # which samples the DiT denoises, from which t and noise, for the global batch
+            low, high = self.config.latent_denoise_times
+            picked = ctx.rand("latent_denoise_pick") < self.config.latent_denoise_fraction
+            times = low + (high - low) * ctx.rand("latent_denoise_time")
+            start = ctx.randn("latent_denoise_noise", self.noise_transform.channels, *latent_shape[1:])
+        else:
+            picked = times = start = torch.zeros(len(images), device=images.device)
         adversarial = self.criterion.gan_active(ctx.step)
 
         reconstructions = []
-        for x, e, n in ctx.micro_batches(images, extra, noise):
-            out = ctx.modules["autoencoder"](x, e, n if noisy else None, self.noise_transform)
+        for x, e, n, y, p, t, z in ctx.micro_batches(images, extra, noise, labels, picked, times, start):
+            perturb = self._perturbation(n if noisy else None, (p, t, z, y) if denoised else None)
+            out = ctx.modules["autoencoder"](x, e, perturb, self.noise_transform)
             recon = out.recon
             loss, parts = self.criterion.generator_loss(x, recon, self.autoencoder.decoder.last_layer, adversarial)
             if self.is_vae:
@@ -244,17 +276,55 @@ class AutoencoderTrainer(Trainer):
             ctx.log(**parts)
         ctx.optimizer_step(self.opt_d)
 
+    def _load_denoiser(self, device: torch.device) -> nn.Module:
+        """The transformer of ``latent_denoiser`` (eval mode, frozen), after checking that it samples in the
+        noise transform (taken from the pipeline when ``latent_noise_transform`` is not set)."""
+        source = self.config.latent_denoiser
+        pipeline = SVGPipeline.from_pretrained(source, device=device)
+        if pipeline.transformer is None:
+            raise SVGError(f"latent_denoiser {source}: the pipeline has no transformer")
+        if self.noise_transform is None:
+            self.noise_transform = noise_transform(source, self.autoencoder)
+        if not same_transform(transform_state(self.noise_transform), transform_state(pipeline.latent_transform)):
+            raise SVGError(f"latent_denoiser {source}: its transformer samples in another latent transform than "
+                           f"latent_noise_transform {self.config.latent_noise_transform}")
+        scale = self.config.latent_denoise_guidance
+        self.denoise_guidance = GuidanceConfig(scale=pipeline.sampling.guidance.scale if scale is None else scale)
+        return pipeline.transformer.eval().requires_grad_(False)
+
+    def _perturbation(self, noise: torch.Tensor | None, denoise: tuple | None):
+        """The ``perturb`` of :meth:`TrainedParts.forward` for one micro-batch: add ``noise``, and replace the
+        rows ``denoise`` picks (picked, t, start noise, labels) by the DiT's one-step estimate from z_t."""
+        if noise is None and denoise is None:
+            return None
+
+        def perturb(latent: torch.Tensor) -> torch.Tensor:
+            out = latent if noise is None else latent + noise.to(latent.dtype)
+            if denoise is not None:
+                picked, times, start, labels = denoise
+                if picked.any():
+                    t = times[picked].view(-1, 1, 1, 1)
+                    noisy = t * latent[picked] + (1 - t) * start[picked]
+                    velocity = guided_velocity(self.denoiser, labels[picked], self.denoise_guidance, num_steps=1)
+                    out = out.clone()
+                    out[picked] = noisy + (1 - t) * velocity(noisy, times[picked], 0)
+            return out
+
+        return perturb
+
     @torch.no_grad()
     def state_dict(self) -> dict:
+        state = {} if self.denoiser is None else {"latent_denoiser": weights_digest(self.config.latent_denoiser)}
         if self.noise_transform is not None:  # read again from the config on a resume: kept to check it is the same
-            return {"latent_noise_transform": transform_state(self.noise_transform)}
+            return {**state, "latent_noise_transform": transform_state(self.noise_transform)}
         return {} if self.noise_std is None else {"latent_noise_std": self.noise_std}
 
     def load_state_dict(self, state: dict) -> None:
+        if self.denoiser is not None and state.get("latent_denoiser") != weights_digest(self.config.latent_denoiser):
+            raise SVGError(f"latent_denoiser {self.config.latent_denoiser}: not the transformer the checkpoint was "
+                           "trained with (its weights changed): resume with the original one")
         if self.noise_transform is not None:
-            ours = transform_state(self.noise_transform)
-            kind, saved = ours.pop("kind"), dict(state.get("latent_noise_transform", {}))
-            if saved.pop("kind", None) != kind or not same_state(ours, saved):
+            if not same_transform(transform_state(self.noise_transform), state.get("latent_noise_transform", {})):
                 raise SVGError(f"latent_noise_transform {self.config.latent_noise_transform}: not the transform the "
                                "checkpoint was trained with (it changed): resume with the original one")
         elif self.noise_std is not None:
@@ -296,6 +366,12 @@ def load_trained_weights(autoencoder: Autoencoder, folder: str | Path, subset: b
         state = {key: value for key, value in state.items() if key in own_keys}
     load_state_dict_strict(target, state, str(folder), "the autoencoder")
     return dropped
+
+
+def same_transform(ours: dict, theirs: dict) -> bool:
+    """Whether two latent transforms' states (``transform_state``) are of the same kind with equal values."""
+    ours, theirs = dict(ours), dict(theirs)
+    return ours.pop("kind", None) == theirs.pop("kind", None) and same_state(ours, theirs)
 
 
 def noise_transform(source: str | Path, autoencoder: Autoencoder) -> LatentTransform:
