@@ -290,6 +290,7 @@ class AutoencoderTrainer(Trainer):
                            f"latent_noise_transform {self.config.latent_noise_transform}")
         scale = self.config.latent_denoise_guidance
         self.denoise_guidance = GuidanceConfig(scale=pipeline.sampling.guidance.scale if scale is None else scale)
+        self.denoiser_digest = weights_digest(source)  # of the weights loaded, checked on a resume
         return pipeline.transformer.eval().requires_grad_(False)
 
     def _perturbation(self, noise: torch.Tensor | None, denoise: tuple | None):
@@ -314,13 +315,13 @@ class AutoencoderTrainer(Trainer):
 
     @torch.no_grad()
     def state_dict(self) -> dict:
-        state = {} if self.denoiser is None else {"latent_denoiser": weights_digest(self.config.latent_denoiser)}
+        state = {} if self.denoiser is None else {"latent_denoiser": self.denoiser_digest}
         if self.noise_transform is not None:  # read again from the config on a resume: kept to check it is the same
             return {**state, "latent_noise_transform": transform_state(self.noise_transform)}
         return {} if self.noise_std is None else {"latent_noise_std": self.noise_std}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.denoiser is not None and state.get("latent_denoiser") != weights_digest(self.config.latent_denoiser):
+        if self.denoiser is not None and state.get("latent_denoiser") != self.denoiser_digest:
             raise SVGError(f"latent_denoiser {self.config.latent_denoiser}: not the transformer the checkpoint was "
                            "trained with (its weights changed): resume with the original one")
         if self.noise_transform is not None:
