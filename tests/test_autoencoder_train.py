@@ -111,13 +111,19 @@ def test_decoder_finetuning_keeps_the_latent_and_resumes_exactly(tmp_path, fmnis
         assert_same_state(state[part], resumed[part])
 
 
-def test_decoder_finetuning_with_noise_in_a_latent_transforms_coordinates(tmp_path, fmnist_dir):
+def one_step_base(tmp_path: Path, fmnist_dir) -> tuple:
+    """A base autoencoder trained one step, loaded, and 24 training images with their latents."""
     base = train_autoencoder(tiny_config(tmp_path / "base", max_steps=1, checkpoint_every=1))
     autoencoder = SVGAutoencoder.from_pretrained(base)
     dataset = FashionMNIST("train", image_size=16, root=fmnist_dir, limit=24)
     images = torch.stack([dataset[i][0] for i in range(24)])
     with torch.no_grad():
         latents = autoencoder.encode(images)
+    return base, autoencoder, images, latents
+
+
+def test_decoder_finetuning_with_noise_in_a_latent_transforms_coordinates(tmp_path, fmnist_dir):
+    base, autoencoder, images, latents = one_step_base(tmp_path, fmnist_dir)
     transform = fit_pca([latents], 68, components=6)
     folder = save_latent_transform(transform, tmp_path / "transform")
     # The decoder sees T.decode(T.encode(z) + noise): a latent of the transform's subspace, noised in its coordinates.
@@ -163,12 +169,7 @@ def denoiser_pipeline(folder: Path, autoencoder: SVGAutoencoder, transform, seed
 
 
 def test_decoder_finetuning_on_the_denoisers_one_step_estimates(tmp_path, fmnist_dir):
-    base = train_autoencoder(tiny_config(tmp_path / "base", max_steps=1, checkpoint_every=1))
-    autoencoder = SVGAutoencoder.from_pretrained(base)
-    dataset = FashionMNIST("train", image_size=16, root=fmnist_dir, limit=24)
-    images = torch.stack([dataset[i][0] for i in range(24)])
-    with torch.no_grad():
-        latents = autoencoder.encode(images)
+    base, autoencoder, images, latents = one_step_base(tmp_path, fmnist_dir)
     transform = fit_pca([latents], 68, components=6)
     folder = denoiser_pipeline(tmp_path / "pipeline", autoencoder, transform)
     settings = {"latent_noise": 0.5, "latent_denoiser": str(folder)}  # the noise transform is the pipeline's

@@ -284,8 +284,8 @@ class AutoencoderTrainer(Trainer):
         if pipeline.transformer is None:
             raise SVGError(f"latent_denoiser {source}: the pipeline has no transformer")
         if self.noise_transform is None:
-            self.noise_transform = noise_transform(source, self.autoencoder)
-        if not same_transform(transform_state(self.noise_transform), transform_state(pipeline.latent_transform)):
+            self.noise_transform = noise_transform(source, self.autoencoder, pipeline.latent_transform)
+        elif not same_transform(transform_state(self.noise_transform), transform_state(pipeline.latent_transform)):
             raise SVGError(f"latent_denoiser {source}: its transformer samples in another latent transform than "
                            f"latent_noise_transform {self.config.latent_noise_transform}")
         scale = self.config.latent_denoise_guidance
@@ -375,10 +375,11 @@ def same_transform(ours: dict, theirs: dict) -> bool:
     return ours.pop("kind", None) == theirs.pop("kind", None) and same_state(ours, theirs)
 
 
-def noise_transform(source: str | Path, autoencoder: Autoencoder) -> LatentTransform:
-    """The latent transform of ``source`` (a pipeline folder or name, or a transform folder), checked to map
-    ``autoencoder``'s latents."""
-    transform = pipeline_transform(source)
+def noise_transform(source: str | Path, autoencoder: Autoencoder,
+                    transform: LatentTransform | None = None) -> LatentTransform:
+    """The latent transform of ``source`` (a pipeline folder or name, or a transform folder; ``transform`` when
+    already loaded from it), checked to map ``autoencoder``'s latents."""
+    transform = pipeline_transform(source) if transform is None else transform
     if transform.latent_channels != autoencoder.latent_channels:
         raise SVGError(f"latent_noise_transform {source}: it maps {transform.latent_channels}-channel latents, "
                        f"the autoencoder makes {autoencoder.latent_channels}")
