@@ -13,7 +13,8 @@ transform differ; reproduction_runs.ARMS defines them, and the report reads what
 
 Measurements, each written to ``--out``/results.json as soon as it is made (a rerun skips what is there and
 continues the DiT runs where they stopped: the engine's resume is exact and ``max_steps`` is raised per
-segment; the constant learning rate does not depend on it):
+segment; the constant learning rate does not depend on it; the engine keeps a run's last 3 checkpoints, so the
+script hard-links the checkpoint of each step it measures into the run's milestones/ for the later stages):
 
 1. ``fid``: generation FID at each of ``--steps`` (the config's sampler: 25 Euler steps, CFG 1.5, shift 2), and
    at the last step each arm's preview grid (the config's ``preview``, decoded with the arm's autoencoder);
@@ -24,7 +25,11 @@ segment; the constant learning rate does not depend on it):
 4. ``reconstruction``: each arm's autoencoder through eval-autoencoder (first 2000 test images; its saved
    evaluation, made when missing), and for an arm whose transform drops directions (SVG's PCA-16) also
    through the transform: what a perfect DiT of that arm could give back; beside them the ablation's variants;
-5. ``variants``: arms that change the recipe of a main arm (``--variant NAME BASE KEY=VALUE ...``, e.g.
+5. ``diagnosis``: where each arm's FID comes from, in the coordinates its DiT models (reproduction_diagnosis):
+   the decoder's rFID with noise added there, and at each of ``--diagnosis-at`` how far the DiT's samples are
+   from the real latents and its flow loss on held-out latents; ``--other-decoder``: the same samples decoded
+   by another decoder of the arm's latent;
+6. ``variants``: arms that change the recipe of a main arm (``--variant NAME BASE KEY=VALUE ...``, e.g.
    ``--variant "SVG shift 3" SVG flow.shift=3``), FID at each of ``--steps`` with the config's sampler, and
    at ``--matched-at`` (default: the last of ``--steps``) also with the sampling shift set to the training
    shift (for the variant, and for its base arm when the variant changes ``flow.shift``).
@@ -65,9 +70,12 @@ steps at batch 32, ~0.7 steps/s (the ablation's SVG autoencoders trained at 0.6-
   last FID point's) ~47 min per arm;
 - a VAE: training ~30 min, eval-autoencoder ~7 min, cache-latents of 60k images ~7 min: ~45 min each;
 - a VAE arm's fid + sampling: DiT to 8000 steps 89 min + 4 FID points 30 min + sweep 47 min: ~2.8 h each;
-- the SVG arm's (borrowed checkpoints): ~1.3 h; each step it must train itself adds ~11 min per 1000 steps;
+- the SVG arm's (borrowed checkpoints): ~1.3 h; each step it must train itself adds ~11 min per 1000 steps
+  (from the borrowed run's latest earlier checkpoint: the script links it into the arm's own run);
 - reconstruction (SVG full latent and through PCA-16; the VAEs' come from step 1) ~15 min; probe (8 rows on
-  5000 + 5000 images) ~20 min.
+  5000 + 5000 images) ~20 min;
+- diagnosis: the decoder noise rows ~17 min per arm (three Inception passes), the latent fit ~3 min per arm and
+  step (sampling only), each other decoder ~10 min (sampling and two passes).
 
 In all ~9 core-hours, ~5 h on the two cores: 45 min for step 1, then ~4 h (VAE + SVG) beside ~3.4 h (VAE-16
 + reconstruction + probe). A step 16000 adds ~1.7 h per core. Each line below is resumable (rerun it after a
@@ -84,10 +92,14 @@ stop; a DiT stopped by SIGTERM saves a checkpoint first) and runs under nohup, o
         svg-diffusion train-autoencoder --config configs/demo/$v.yaml --resume &&
         svg-diffusion eval-autoencoder --autoencoder runs/demo/$v/autoencoder --limit 2000 --out-dir runs/demo/$v/eval &&
         svg-diffusion cache-latents --config configs/demo/${v}_diffusion.yaml" > runs/logs/repro_$v.log 2>&1 & done
-    # 2. the arms (after 1), one process per core, one results.json
+    # 2. the arms (after 1), one process per core, one results.json (each runs its stages in priority order)
     R="--out runs/reproduction_v2 --svg-checkpoints runs/reproduction_v2/svg_borrowed"
-    OMP_NUM_THREADS=1 nohup python benchmarks/reproduction.py $R --only fid sampling --arms VAE SVG > runs/logs/repro_a.log 2>&1 &
-    OMP_NUM_THREADS=1 nohup python benchmarks/reproduction.py $R --only fid sampling reconstruction probe --arms VAE-16 > runs/logs/repro_b.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup python benchmarks/reproduction.py $R --only fid diagnosis sampling --arms VAE SVG > runs/logs/repro_a.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup python benchmarks/reproduction.py $R --only fid diagnosis reconstruction probe sampling --arms VAE-16 > runs/logs/repro_b.log 2>&1 &
+    # 2b. (optional, after 2's fid stage) the SVG arm's samples decoded by the demo's later decoders of the same
+    #    latent (scripts/reproduce_demo.sh stages 5 and 7 make them): how much of its FID is its v1 decoder's
+    OMP_NUM_THREADS=1 python benchmarks/reproduction.py $R --only diagnosis --arms SVG --diagnosis-at 8000 \
+        --other-decoder SVG runs/demo/decoder_finetune/autoencoder --other-decoder SVG runs/demo/decoder_noise/autoencoder
     # 3. the docs (tables, plots, grids into docs/results.md)
     python benchmarks/reproduction.py --out runs/reproduction_v2 --only docs --docs
 """
@@ -119,6 +131,7 @@ from svg_diffusion.trainers.diffusion import preview_classes
 from svg_diffusion.training import read_records
 
 from reporting import REPO, Results
+from reproduction_diagnosis import measure_diagnosis
 from reproduction_report import write_docs
 from reproduction_runs import (
     ARMS, RESULTS_VERSION, VARIANTS, arm_config, borrowed_run, checkpoint_at, describe_arm, dit_transform,
@@ -344,7 +357,7 @@ def sampled_arms(stage: str, args) -> list[str]:
 def stage_arms(stages: list[str], args) -> list[str]:
     """The main arms whose autoencoder, latent cache and DiT run the stages use."""
     used = set()
-    if {"fid", "sampling"} & set(stages):
+    if {"fid", "sampling", "diagnosis"} & set(stages):
         used.update(args.arms)
     if "variants" in stages:
         used.update(VARIANTS[name]["base"] for name, *_ in args.variant)
@@ -362,6 +375,11 @@ def main() -> None:
                         help="DiT step of the sampling-steps sweep (default: the last of --steps)")
     parser.add_argument("--samples", type=int, default=2000, help="generated images per FID")
     parser.add_argument("--reference", type=int, default=2000, help="first N test images as the FID reference")
+    parser.add_argument("--diagnosis-at", type=int, nargs="+", default=None,
+                        help="DiT steps of the diagnosis stage's latent fit (default: --steps)")
+    parser.add_argument("--other-decoder", nargs=2, action="append", default=[], metavar=("ARM", "FOLDER"),
+                        help="diagnosis: also decode the arm's samples with this autoencoder folder (same latent, "
+                             "another decoder); repeat for more")
     parser.add_argument("--probe-train", type=int, default=5000)
     parser.add_argument("--probe-test", type=int, default=5000)
     parser.add_argument("--svg-checkpoints", type=Path, default=None,
@@ -372,17 +390,18 @@ def main() -> None:
     parser.add_argument("--matched-at", type=int, default=None,
                         help="variants: DiT step of the FIDs at sampling shift = training shift (default: the last of --steps)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
-                        help="main arms to measure in the fid and sampling stages (e.g. one per process)")
+                        help="main arms to measure in the fid, diagnosis and sampling stages (e.g. one per process)")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME BASE KEY=VALUE",
                         help=f"a variant arm for the 'variants' stage: a main arm ({', '.join(ARMS)}) with config "
                              "overrides; repeat for more")
-    parser.add_argument("--only", nargs="+", choices=["reconstruction", "fid", "probe", "sampling", "variants", "docs"],
-                        default=["fid", "reconstruction", "probe", "sampling", "variants"])
+    parser.add_argument("--only", nargs="+", choices=["reconstruction", "fid", "diagnosis", "probe", "sampling", "variants", "docs"],
+                        default=["fid", "diagnosis", "reconstruction", "probe", "sampling", "variants"])
     parser.add_argument("--docs", action="store_true", help="write the tables and plots into docs/results.md")
     args = parser.parse_args()
     args.steps = sorted(args.steps)
     args.sampling_at = args.sampling_at or args.steps[-1]
     args.matched_at = args.matched_at or args.steps[-1]
+    args.diagnosis_at = sorted(args.diagnosis_at or args.steps)
     ARMS.update({arm: replace(definition, config=getattr(args, f"{slug(arm)}_config")) for arm, definition in ARMS.items()})
     results = open_results(args.out / "results.json")
     VARIANTS.update(results.get("variants") or {})
@@ -394,8 +413,11 @@ def main() -> None:
             parser.error(f"--variant {name}: the name is taken by another recipe ({VARIANTS.get(name, 'a main arm')})")
         VARIANTS[name] = variant
         arm_config(name, args.out, 1)  # a bad key or value fails now, not after hours
+    for arm, folder in args.other_decoder:
+        if arm not in ARMS:
+            parser.error(f"--other-decoder {arm} {folder}: ARM must be one of {', '.join(ARMS)}")
 
-    stages = [stage for stage in ("fid", "reconstruction", "probe", "sampling", "variants") if stage in args.only]  # by priority
+    stages = [stage for stage in ("fid", "diagnosis", "reconstruction", "probe", "sampling", "variants") if stage in args.only]  # by priority
     if "variants" in stages and not args.variant:
         stages.remove("variants")
     arms = stage_arms(stages, args)
@@ -427,7 +449,7 @@ def main() -> None:
             if stage == "variants":
                 for name, *_ in args.variant:
                     results.put(VARIANTS[name], "variants", name)
-            {"fid": measure_fid_vs_steps, "sampling": measure_fid_vs_sampling,
+            {"fid": measure_fid_vs_steps, "diagnosis": measure_diagnosis, "sampling": measure_fid_vs_sampling,
              "variants": measure_variants}[stage](args, results, fid)
             if stage == "fid":
                 draw_preview_grids(args, results)

@@ -59,8 +59,8 @@ def plot(results: Results, args) -> list[Path]:
     return written
 
 
-def fid_cell(point: dict | None) -> str:
-    return "not measured" if point is None else f"{point['fid']:.1f}"
+def fid_cell(point: dict | None, key: str = "fid") -> str:
+    return "not measured" if point is None else f"{point[key]:.1f}"
 
 
 def minutes(seconds: float | None) -> str:
@@ -230,7 +230,66 @@ def markdown(results: Results, args) -> str:
                   "directions, so the \"through its DiT's\" row is what a perfect DiT of that arm would reach."]
     else:
         lines += ["Not measured."]
-    return "\n".join(lines + variants_table(results))
+    return "\n".join(lines + diagnosis_tables(results) + variants_table(results))
+
+
+def clean_rfid(results: Results, arm: str) -> str:
+    """The arm's rFID through its DiT's transform (the reconstruction stage's row; the latent's own row when
+    the transform is invertible)."""
+    row = results.get("reconstruction", f"{arm} through its DiT's transform") or results.get("reconstruction", arm)
+    return "not measured" if row is None else f"{row['rfid']:.1f}"
+
+
+def diagnosis_tables(results: Results) -> list[str]:
+    """(6): each arm's decoder under noise in its DiT's coordinates, and its DiT's samples against the real
+    latents at each step (reproduction_diagnosis)."""
+    noise, fit = results.get("diagnosis", "decoder_noise") or {}, results.get("diagnosis", "latent_fit") or {}
+    others = results.get("diagnosis", "other_decoder") or {}
+    if not noise and not fit and not others:
+        return []
+    arms = [arm for arm in main_arms(results) if arm in noise or arm in fit or arm in others]
+    lines = ["", "### (6) Where the FID comes from, in the coordinates each DiT models", "",
+             "Every arm's DiT models unit-variance coordinates (whitened PCA directions or normalized channels), so",
+             "one unit is one standard deviation of the data in each (`benchmarks/reproduction_diagnosis.py`)."]
+    levels = sorted({level for rows in noise.values() for level in rows}, key=float)
+    if noise:
+        lines += ["", "The decoder: rFID (first 2000 test images) decoded from the latent with Gaussian noise of std σ "
+                  "added in those coordinates (σ = 0: the reconstruction row of (4) that the DiT can reach).", "",
+                  "| arm | σ = 0 | " + " | ".join(f"σ = {level}" for level in levels) + " |",
+                  "|---|---:|" + "---:|" * len(levels)]
+        lines += [f"| {arm} | {clean_rfid(results, arm)} | "
+                  + " | ".join(fid_cell(noise.get(arm, {}).get(level), "rfid") for level in levels) + " |" for arm in arms]
+    if fit:
+        lines += ["", "The DiT: its samples (the FID points' sampler, labels and noise) against the real test latents. "
+                  "Fréchet distances are divided by the reference's total variance (0: the same distribution); "
+                  "\"floor\": the first half of the real latents against the second, with as many latents on each "
+                  "side as the generated row (what the sample size alone gives). Held-out loss: the flow-matching "
+                  "loss on the test latents, mean over t = 0.05, 0.15, ..., 0.95 (predicting 0 gives ~2).", "",
+                  "| DiT steps | arm | FID | coordinate std (real) | per-position distance (floor) | "
+                  "whole-latent distance, top 64 directions (floor) | held-out loss |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        for step in sorted({int(s) for rows in fit.values() for s in rows}):
+            for arm in arms:
+                row = fit.get(arm, {}).get(str(step))
+                if row is None:
+                    continue
+                d = row["frechet"]
+                lines.append(f"| {step} | {arm} | {fid_cell(results.get('fid', arm, str(step)))} | "
+                             f"{row['std_generated']:.3f} ({row['std_real']:.3f}) | "
+                             f"{d['position']:.4f} ({d['position_real_halves']:.4f}) | "
+                             f"{d['global']:.3f} ({d['global_real_halves']:.3f}) | {row['held_out_loss']['mean']:.3f} |")
+    if others:
+        lines += ["", "The same samples decoded by other decoders of the arm's latent (fine-tuned on it after the arm's "
+                  "autoencoder was trained, so outside the fair comparison; `--other-decoder`):", "",
+                  "| arm | decoder | DiT steps | FID | rFID through its DiT's transform |", "|---|---|---:|---:|---:|"]
+        for arm in arms:
+            steps = sorted({int(s) for points in others.get(arm, {}).values() for s in points})
+            for step in steps:
+                lines.append(f"| {arm} | the arm's own | {step} | {fid_cell(results.get('fid', arm, str(step)))} | "
+                             f"{clean_rfid(results, arm)} |")
+                lines += [f"| {arm} | `{folder}` | {step} | {point['fid']:.1f} | {point['rfid_through_transform']:.1f} |"
+                          for folder, points in others[arm].items() if (point := points.get(str(step)))]
+    return lines
 
 
 def variants_table(results: Results) -> list[str]:

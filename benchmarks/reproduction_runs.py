@@ -4,6 +4,7 @@ checkpoint, the latent transform its DiT models, and the version of the results 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from svg_diffusion.trainers.diffusion import (
     DiffusionTrainConfig, cache_training_latents, train_diffusion, training_dataset, training_transform,
 )
 from svg_diffusion.training import checkpoint_path, load_checkpoint
-from svg_diffusion.training.checkpoint import CHECKPOINT_DIR
+from svg_diffusion.training.checkpoint import CHECKPOINT_DIR, list_checkpoints
 from svg_diffusion.utils.shipped import shipped_pipeline
 
 from reporting import REPO, Results
@@ -49,6 +50,7 @@ FREE_ENGINE_KEYS = {"out_dir", "max_steps", "keep_last_checkpoints", "log_every"
 # 2: three arms; probe and reconstruction rows say which latent they measure (the autoencoder's, or through the
 # arm's latent transform: what its DiT models), FID rows which checkpoint they sampled.
 RESULTS_VERSION = 2
+MILESTONES = "milestones"  # in a DiT run: hard links of its checkpoints at the measured steps
 
 
 def log(message: str) -> None:
@@ -156,26 +158,62 @@ def dit_run(arm: str, args) -> Path:
     return args.svg_run if arm == "SVG" and args.svg_run is not None else run_dir(arm, args.out)
 
 
-def checkpoint_at(arm: str, step: int, args, results: Results) -> Path:
-    """The arm's DiT checkpoint after ``step`` steps: borrowed (SVG), already trained, or trained now."""
+def milestone_path(run: Path, step: int) -> Path:
+    """Where the script keeps a hard link of a run's checkpoint at a measured step: the engine prunes all but its
+    last few checkpoints, and later stages (diagnosis, sampling) need the one of each step."""
+    return Path(run) / MILESTONES / checkpoint_path(run, step).name
+
+
+def start_from_borrowed(config: DiffusionTrainConfig, run: Path | None, step: int) -> None:
+    """Before the arm trains to ``step`` itself: when the borrowed run has a checkpoint before ``step`` that is
+    later than the arm's own latest, hard-link it into the arm's run, so training resumes from it (the same
+    recipe, checked by :func:`borrowed_checkpoint`) instead of from an earlier step or from scratch."""
+    if run is None:
+        return
+    own = [s for s, _ in list_checkpoints(config.engine.out_dir)]
+    earlier = [s for s, _ in list_checkpoints(run) if (own[-1] if own else 0) < s < step]
+    if earlier and (source := borrowed_checkpoint(config, run, earlier[-1])) is not None:
+        target = checkpoint_path(config.engine.out_dir, earlier[-1])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, target)
+        log(f"training resumes from the borrowed {shown(source)}")
+
+
+def checkpoint_at(arm: str, step: int, args, results: Results, train: bool = True) -> Path | None:
+    """The arm's DiT checkpoint after ``step`` steps: borrowed (SVG), kept from an earlier stage, already
+    trained, or trained now (and then kept: :func:`milestone_path`); with ``train=False`` None instead of
+    training."""
     config = arm_config(arm, args.out, step)
     borrowed = borrowed_checkpoint(config, args.svg_run, step) if arm == "SVG" else None
     if borrowed is not None:
         return borrowed
-    own = checkpoint_path(config.engine.out_dir, step)
+    run = Path(config.engine.out_dir)
+    kept, own = milestone_path(run, step), checkpoint_path(run, step)
+    if kept.is_file():
+        return kept
     if not own.is_file():
+        if not train:
+            return None
+        later = [s for s, _ in list_checkpoints(run) if s > step]
+        if later:
+            raise SystemExit(f"{arm}: the checkpoint of step {step} is gone from {shown(run)} (pruned before this "
+                             f"script kept it in {MILESTONES}/); its run is at step {later[-1]}")
+        start_from_borrowed(config, args.svg_run if arm == "SVG" else None, step)
         log(f"{arm}: training the DiT to step {step} in {config.engine.out_dir}")
         started = time.perf_counter()
         train_diffusion(config, resume=True)
         if not own.is_file():  # the engine saves and returns on SIGINT/SIGTERM
             raise SystemExit(f"{arm}: training stopped before step {step}; run the script again to continue")
         results.put(time.perf_counter() - started, "wall_s", "dit_training", arm, str(step))
-    return own
+    kept.parent.mkdir(exist_ok=True)
+    os.link(own, kept)
+    return kept
 
 
-def pipeline_at(arm: str, checkpoint: Path, args):
-    """The EMA pipeline of a DiT checkpoint (with the checkpoint's latent transform and the arm's autoencoder)."""
-    return checkpoint_pipeline(arm_config(arm, args.out, 1), load_checkpoint(checkpoint))
+def pipeline_at(arm: str, checkpoint: Path, args, autoencoder: Autoencoder | None = None):
+    """The EMA pipeline of a DiT checkpoint (with the checkpoint's latent transform and the arm's autoencoder, or
+    ``autoencoder``)."""
+    return checkpoint_pipeline(arm_config(arm, args.out, 1), load_checkpoint(checkpoint), autoencoder)
 
 
 def ensure_latent_cache(arm: str, out: Path) -> None:

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from svg_diffusion.config import load_config, save_config
+from svg_diffusion.config import load_config, save_config, to_dict
 from svg_diffusion.diffusion.latent_transform import fit_pca
 from svg_diffusion.diffusion.latents import LatentStatistics
 from svg_diffusion.trainers.diffusion import DiffusionTrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as the scripts have it
 import reproduction  # noqa: E402
+import reproduction_diagnosis as diagnosis  # noqa: E402
 import reproduction_report as report  # noqa: E402
 import reproduction_runs as runs  # noqa: E402
 
@@ -67,6 +68,15 @@ def synthetic_results(out: Path) -> dict:
             "VAE": {**recon, "arm": "VAE", "decodes": "latent", "latent": [8, 8, 4], "steps": 1200},
             "VAE-16": {**recon, "arm": "VAE-16", "decodes": "latent", "latent": [8, 8, 16], "steps": 1200},
         },
+        "diagnosis": {
+            "decoder_noise": {arm: {level: {"rfid": rfid, "images": 2000} for level, rfid in rows.items()}
+                              for arm, rows in (("SVG", {"0.1": 41.5, "0.2": 60.25}), ("VAE", {"0.1": 31.0, "0.2": 35.0}))},
+            "latent_fit": {"VAE": {"2000": {"std_real": 1.0, "std_generated": 0.98, "held_out_loss": {"mean": 0.4321},
+                                            "frechet": {"position": 0.0123, "position_real_halves": 0.0011,
+                                                        "global": 0.25, "global_real_halves": 0.1}}}},
+            "other_decoder": {"SVG": {"runs/demo/dec_noise/autoencoder": {"2000": {**fid_point(21.5, BORROWED),
+                                                                                 "rfid_through_transform": 14.25}}}},
+        },
         "variants": {"SVG shift 3": {"base": "SVG", "overrides": ["flow.shift=3"]}},
         "matched_shift": {"SVG shift 3": {"2000": {**fid_point(54.0, own("SVG shift 3", 2000)), "shift": 3.0}}},
     }
@@ -111,6 +121,11 @@ def test_the_report_renders_three_arms_and_a_variant(tmp_path, monkeypatch):
     assert ("| SVG through its DiT's transform | the latent through its DiT's whitened PCA directions (8×8×16 of "
             "8×8×136, 96.3% of the variance) | ? (no run log with the folder) |") in text
     assert "| VAE | the latent (8×8×4) | 1200 |" in text
+    assert "| arm | σ = 0 | σ = 0.1 | σ = 0.2 |\n|---|---:|---:|---:|\n| SVG | 30.0 | 41.5 | 60.2 |\n" in text
+    assert "| VAE | 30.0 | 31.0 | 35.0 |\n" in text and "| VAE-16 | 30.0 |" not in text  # no diagnosis: no row
+    assert "| 2000 | VAE | 40.0 | 0.980 (1.000) | 0.0123 (0.0011) | 0.250 (0.100) | 0.432 |" in text
+    assert ("| SVG | the arm's own | 2000 | 40.0 | 30.0 |\n"
+            "| SVG | `runs/demo/dec_noise/autoencoder` | 2000 | 21.5 | 14.2 |") in text
     assert "| SVG shift 3 | `flow.shift=3` | 55.0 | 55.0 | k = 3: 54.0 |" in text
     assert "| VAE-16 | as in (1) |" in text
     assert "left to right: VAE):" in text and (images / "reproduction_samples_vae.png").read_bytes() == b"png"
@@ -168,3 +183,73 @@ def test_a_borrowed_run_is_its_folder_or_its_checkpoints_folder_of_the_same_reci
     for given in (run, run / "checkpoints"):
         with pytest.raises(SystemExit, match=rf"^--svg-checkpoints {run}: trained with other settings \(flow\)"):
             runs.borrowed_run(given, ours)
+
+
+def test_latent_distances_are_scale_free_and_see_what_differs():
+    """The diagnosis' relative Fréchet distances: ~0 for samples of the real distribution, unchanged when every
+    coordinate is scaled, and clearly above the floor for a shifted or shrunk distribution; the global one also
+    sees positions that go together wrongly (each position's marginal right)."""
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(4 * 3 * 3, 4 * 3 * 3, generator=generator) / 6
+    def real_like(n):  # correlated positions, as images are
+        return (torch.randn(n, 4 * 3 * 3, generator=generator) @ (torch.eye(36) + mixing)).view(n, 4, 3, 3)
+    real, same = real_like(400), real_like(400)
+    base = diagnosis.latent_distances(real, same)
+    assert base["position"] < 0.02 and base["global"] < 0.15
+    assert base["position_real_halves"] == diagnosis.latent_distances(real, real_like(400))["position_real_halves"]
+    scaled = diagnosis.latent_distances(7 * real, 7 * same)
+    assert scaled["position"] == pytest.approx(base["position"], rel=1e-6)
+    assert scaled["global"] == pytest.approx(base["global"], rel=1e-6)
+    shifted = diagnosis.latent_distances(real, same + 0.5)
+    assert shifted["position"] > 10 * base["position_real_halves"] and shifted["global"] > 2 * base["global"]
+    # Independent positions with the real marginals: per position right, as whole latents wrong.
+    shuffled = same[torch.randperm(len(same), generator=generator)]
+    scrambled = torch.where(torch.rand(400, 1, 3, 3, generator=generator) < 0.5, same, shuffled)
+    mixed = diagnosis.latent_distances(real, scrambled)
+    assert mixed["position"] < 0.02 and mixed["global"] > 1.5 * base["global_real_halves"]
+
+
+def checkpoint_file(run: Path, step: int, config: DiffusionTrainConfig) -> Path:
+    """A checkpoint file with what the reproduction reads of it (its engine settings)."""
+    path = runs.checkpoint_path(run, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": to_dict(config)["engine"]}, path)
+    return path
+
+
+def test_measured_checkpoints_are_kept_and_a_pruned_one_is_a_one_line_stop(tmp_path):
+    args = Namespace(out=tmp_path / "out", svg_run=None)
+    results = runs.open_results(tmp_path / "results.json")
+    config = runs.arm_config("VAE", args.out, 1)
+    run = Path(config.engine.out_dir)
+    assert runs.checkpoint_at("VAE", 1000, args, results, train=False) is None  # not trained: nothing trains
+    own = checkpoint_file(run, 1000, config)
+    kept = runs.checkpoint_at("VAE", 1000, args, results, train=False)
+    assert kept == run / runs.MILESTONES / own.name and kept.samefile(own)
+    own.unlink()  # the engine prunes it later: the kept link stays
+    assert runs.checkpoint_at("VAE", 1000, args, results) == kept and kept.is_file()
+    checkpoint_file(run, 3000, config)
+    with pytest.raises(SystemExit, match=r"^VAE: the checkpoint of step 2000 is gone from .* its run is at step 3000$"):
+        runs.checkpoint_at("VAE", 2000, args, results)
+    assert runs.checkpoint_at("VAE", 2000, args, results, train=False) is None
+
+
+def test_the_svg_arm_trains_a_missing_step_from_the_borrowed_runs_latest_earlier_checkpoint(tmp_path):
+    config = runs.arm_config("SVG", tmp_path / "out", 4000)
+    borrowed = tmp_path / "borrowed"
+    for step in (1000, 2000, 8000):
+        checkpoint_file(borrowed, step, config)
+    runs.start_from_borrowed(config, borrowed, 4000)
+    own = Path(config.engine.out_dir)
+    assert [s for s, _ in runs.list_checkpoints(own)] == [2000]
+    assert runs.checkpoint_path(own, 2000).samefile(runs.checkpoint_path(borrowed, 2000))
+    runs.start_from_borrowed(config, borrowed, 4000)  # the own run is as far: nothing more
+    checkpoint_file(own, 3000, config)
+    runs.start_from_borrowed(config, borrowed, 4000)
+    assert [s for s, _ in runs.list_checkpoints(own)] == [2000, 3000]
+    other = load_config(DiffusionTrainConfig, runs.ARMS["SVG"].config,
+                        [f"engine.out_dir={tmp_path / 'other'}", "engine.seed=1"])
+    checkpoint_file(tmp_path / "third", 2000, other)
+    fresh = runs.arm_config("SVG", tmp_path / "fresh", 4000)
+    with pytest.raises(SystemExit, match="trained with other settings \\(engine.seed\\)"):
+        runs.start_from_borrowed(fresh, tmp_path / "third", 4000)
