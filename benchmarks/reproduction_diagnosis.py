@@ -7,7 +7,8 @@ data in every arm), on the first ``--reference`` test images:
 
 - ``decoder_noise``: rFID of the images decoded from T^-1(T(z) + σ·ε), ε standard normal, for each σ of
   ``NOISE_LEVELS`` (the clean row is the reconstruction stage's): how much a latent may be off in the DiT's
-  units before the arm's decoder shows it;
+  units before the arm's decoder shows it; beside them ``decoder_training_noise``, the RMS noise (same units)
+  of the latents the decoder was trained on (a KL autoencoder's posterior samples; 0 for SVG's);
 - ``latent_fit``, at each DiT step: ``--samples`` generated latents (the FID stage's sampler, labels and noise,
   bf16) against the real test latents, in the DiT's coordinates: the coordinates' std (real: ~1); Fréchet
   distances divided by the trace of the reference's covariance, so arms with 4 and 16 coordinates compare
@@ -30,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from svg_diffusion.autoencoder import Autoencoder, load_autoencoder
+from svg_diffusion.autoencoder import Autoencoder, KLAutoencoder, load_autoencoder
 from svg_diffusion.data import FashionMNIST
 from svg_diffusion.diffusion.flow import flow_matching_loss
 from svg_diffusion.diffusion.latent_transform import LatentTransform
@@ -130,11 +131,25 @@ def generated_latents(pipe: SVGPipeline, samples: int, num_steps: int, guidance_
                       for i in range(0, samples, BATCH)])
 
 
+@torch.no_grad()
+def training_noise(autoencoder: Autoencoder, transform: LatentTransform, images: torch.Tensor) -> float:
+    """The RMS noise, in the DiT's coordinates, of the latents the decoder was trained on: a KL autoencoder's
+    decoder sees posterior samples mean + std·ε; an SVG autoencoder's sees the encoder's latent itself (0)."""
+    if not isinstance(autoencoder, KLAutoencoder):
+        return 0.0
+    mean, logvar = torch.cat([torch.cat(autoencoder.posterior(images[i : i + BATCH]), 1)
+                              for i in range(0, len(images), BATCH)]).chunk(2, dim=1)
+    sampled = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
+    return float((transform.encode(sampled) - transform.encode(mean)).square().mean().sqrt())
+
+
 def measure_decoder_noise(arm: str, args, results: Results, fid, real: RealLatents) -> None:
     """rFID of the arm's decoder with noise of each std in ``NOISE_LEVELS`` added in its DiT's coordinates."""
     autoencoder = load_autoencoder(arm_config(arm, args.out, 1).autoencoder)
     transform: LatentTransform = dit_transform(arm, args, autoencoder)
     x = transform.encode(real.of(arm, autoencoder))
+    if results.get("diagnosis", "decoder_training_noise", arm) is None:
+        results.put(training_noise(autoencoder, transform, real.images), "diagnosis", "decoder_training_noise", arm)
     for level in NOISE_LEVELS:
         key = f"{level:g}"
         if results.get("diagnosis", "decoder_noise", arm, key) is not None:

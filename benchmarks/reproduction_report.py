@@ -255,10 +255,13 @@ def diagnosis_tables(results: Results) -> list[str]:
     if noise:
         lines += ["", "The decoder: rFID (first 2000 test images) decoded from the latent with Gaussian noise of std σ "
                   "added in those coordinates (σ = 0: the reconstruction row of (4) that the DiT can reach).", "",
-                  "| arm | σ = 0 | " + " | ".join(f"σ = {level}" for level in levels) + " |",
-                  "|---|---:|" + "---:|" * len(levels)]
+                  "| arm | σ = 0 | " + " | ".join(f"σ = {level}" for level in levels)
+                  + " | noise in the latents it was trained on (RMS, same units) |",
+                  "|---|---:|" + "---:|" * (len(levels) + 1)]
+        trained = results.get("diagnosis", "decoder_training_noise") or {}
         lines += [f"| {arm} | {clean_rfid(results, arm)} | "
-                  + " | ".join(fid_cell(noise.get(arm, {}).get(level), "rfid") for level in levels) + " |" for arm in arms]
+                  + " | ".join(fid_cell(noise.get(arm, {}).get(level), "rfid") for level in levels)
+                  + (f" | {trained[arm]:.4f} |" if arm in trained else " | not measured |") for arm in arms]
     if fit:
         lines += ["", "The DiT: its samples (the FID points' sampler, labels and noise) against the real test latents. "
                   "Fréchet distances are divided by the reference's total variance (0: the same distribution); "

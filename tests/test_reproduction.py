@@ -71,6 +71,7 @@ def synthetic_results(out: Path) -> dict:
         "diagnosis": {
             "decoder_noise": {arm: {level: {"rfid": rfid, "images": 2000} for level, rfid in rows.items()}
                               for arm, rows in (("SVG", {"0.1": 41.5, "0.2": 60.25}), ("VAE", {"0.1": 31.0, "0.2": 35.0}))},
+            "decoder_training_noise": {"SVG": 0.0, "VAE": 0.00712},
             "latent_fit": {"VAE": {"2000": {"std_real": 1.0, "std_generated": 0.98, "held_out_loss": {"mean": 0.4321},
                                             "frechet": {"position": 0.0123, "position_real_halves": 0.0011,
                                                         "global": 0.25, "global_real_halves": 0.1}}}},
@@ -121,8 +122,9 @@ def test_the_report_renders_three_arms_and_a_variant(tmp_path, monkeypatch):
     assert ("| SVG through its DiT's transform | the latent through its DiT's whitened PCA directions (8×8×16 of "
             "8×8×136, 96.3% of the variance) | ? (no run log with the folder) |") in text
     assert "| VAE | the latent (8×8×4) | 1200 |" in text
-    assert "| arm | σ = 0 | σ = 0.1 | σ = 0.2 |\n|---|---:|---:|---:|\n| SVG | 30.0 | 41.5 | 60.2 |\n" in text
-    assert "| VAE | 30.0 | 31.0 | 35.0 |\n" in text and "| VAE-16 | 30.0 |" not in text  # no diagnosis: no row
+    assert ("| arm | σ = 0 | σ = 0.1 | σ = 0.2 | noise in the latents it was trained on (RMS, same units) |\n"
+            "|---|---:|---:|---:|---:|\n| SVG | 30.0 | 41.5 | 60.2 | 0.0000 |\n") in text
+    assert "| VAE | 30.0 | 31.0 | 35.0 | 0.0071 |\n" in text and "| VAE-16 | 30.0 |" not in text  # no diagnosis: no row
     assert "| 2000 | VAE | 40.0 | 0.980 (1.000) | 0.0123 (0.0011) | 0.250 (0.100) | 0.432 |" in text
     assert ("| SVG | the arm's own | 2000 | 40.0 | 30.0 |\n"
             "| SVG | `runs/demo/dec_noise/autoencoder` | 2000 | 21.5 | 14.2 |") in text
@@ -253,3 +255,22 @@ def test_the_svg_arm_trains_a_missing_step_from_the_borrowed_runs_latest_earlier
     fresh = runs.arm_config("SVG", tmp_path / "fresh", 4000)
     with pytest.raises(SystemExit, match="trained with other settings \\(engine.seed\\)"):
         runs.start_from_borrowed(fresh, tmp_path / "third", 4000)
+
+
+def test_the_noise_a_kl_decoder_was_trained_on_is_its_posterior_std_in_the_dits_units():
+    from svg_diffusion.autoencoder.vae import KLAutoencoder, VAEConfig
+    from svg_diffusion.config import from_dict
+
+    torch.manual_seed(0)
+    vae = KLAutoencoder(from_dict(VAEConfig, {"kind": "vae", "image_size": 16, "latent_channels": 4, "decoder": {
+        "z_channels": 4, "resolution": 16, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
+        "attn_resolutions": []}})).eval()
+    data = reproduction.FashionMNIST("test", image_size=16, limit=64)
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.no_grad():
+        _, logvar = vae.posterior(images)
+    expected = float(logvar.exp().mean().sqrt())  # RMS posterior std, in the latent's own units
+    unit = LatentStatistics(torch.zeros(4), torch.ones(4))
+    assert diagnosis.training_noise(vae, unit, images) == pytest.approx(expected, rel=0.05)
+    wider = LatentStatistics(torch.full((4,), 3.0), torch.full((4,), 4.0))  # the DiT's unit: 4 latent units
+    assert diagnosis.training_noise(vae, wider, images) == pytest.approx(expected / 4, rel=0.05)
