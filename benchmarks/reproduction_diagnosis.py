@@ -172,7 +172,7 @@ def measure_latent_fit(arm: str, step: int, args, results: Results, real: RealLa
     started = time.perf_counter()
     checkpoint = checkpoint_at(arm, step, args, results, train=False)
     if checkpoint is None:  # the stage measures what the fid stage trained; it trains nothing itself
-        log(f"{arm}: no checkpoint of step {step} yet (the fid stage trains it): latent fit skipped")
+        log(f"{arm}: no checkpoint of step {step} (the fid stage trains and keeps them): latent fit skipped")
         return
     pipe = pipeline_at(arm, checkpoint, args)
     transform = pipe.latent_transform
@@ -198,7 +198,7 @@ def measure_other_decoder(arm: str, folder: str, args, results: Results, fid, re
         return
     checkpoint = checkpoint_at(arm, step, args, results, train=False)
     if checkpoint is None:
-        log(f"{arm}: no checkpoint of step {step} yet (the fid stage trains it): {shown(folder)} not measured")
+        log(f"{arm}: no checkpoint of step {step} (the fid stage trains and keeps them): {shown(folder)} not measured")
         return
     own = load_autoencoder(arm_config(arm, args.out, 1).autoencoder)
     other = load_autoencoder(folder)

@@ -241,14 +241,14 @@ def clean_rfid(results: Results, arm: str) -> str:
 
 
 def diagnosis_tables(results: Results) -> list[str]:
-    """(6): each arm's decoder under noise in its DiT's coordinates, and its DiT's samples against the real
+    """(5): each arm's decoder under noise in its DiT's coordinates, and its DiT's samples against the real
     latents at each step (reproduction_diagnosis)."""
     noise, fit = results.get("diagnosis", "decoder_noise") or {}, results.get("diagnosis", "latent_fit") or {}
     others = results.get("diagnosis", "other_decoder") or {}
     if not noise and not fit and not others:
         return []
     arms = [arm for arm in main_arms(results) if arm in noise or arm in fit or arm in others]
-    lines = ["", "### (6) Where the FID comes from, in the coordinates each DiT models", "",
+    lines = ["", "### (5) Where the FID comes from, in the coordinates each DiT models", "",
              "Every arm's DiT models unit-variance coordinates (whitened PCA directions or normalized channels), so",
              "one unit is one standard deviation of the data in each (`benchmarks/reproduction_diagnosis.py`)."]
     levels = sorted({level for rows in noise.values() for level in rows}, key=float)
@@ -296,7 +296,7 @@ def diagnosis_tables(results: Results) -> list[str]:
 
 
 def variants_table(results: Results) -> list[str]:
-    """(5): FID of the main arms and their variants (rows) at each DiT step (columns)."""
+    """(6): FID of the main arms and their variants (rows) at each DiT step (columns)."""
     variants = results.get("variants") or {}
     if not variants:
         return []
@@ -310,7 +310,7 @@ def variants_table(results: Results) -> list[str]:
              f"FID with the config's sampler (25 Euler steps, CFG {default.guidance.scale:g}, sampling shift "
              f"{default.shift:g}); last column: the checkpoints of step {last} sampled with the sampling shift "
              "equal to the arm's training shift k.")
-    lines = ["", "### (5) Variants of the DiT recipe", "", about, "",
+    lines = ["", "### (6) Variants of the DiT recipe", "", about, "",
              "| arm | recipe | " + " | ".join(f"step {s}" for s in steps) + f" | step {last}, sampling shift = k |",
              "|---|---|" + "---:|" * (len(steps) + 1)]
     for arm in rows:
