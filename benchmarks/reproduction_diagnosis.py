@@ -132,6 +132,14 @@ def generated_latents(pipe: SVGPipeline, samples: int, num_steps: int, guidance_
 
 
 @torch.no_grad()
+def decoded_fid(autoencoder: Autoencoder, latents: torch.Tensor, fid) -> float:
+    """FID of the images ``autoencoder`` decodes from ``latents`` against the FID stage's reference."""
+    images = np.concatenate([to_uint8(autoencoder.decode(latents[i : i + BATCH]).clamp(-1, 1))
+                             for i in range(0, len(latents), BATCH)])
+    return frechet_distance(fid.reference, fid_stats(images, fid.inception, progress=True))
+
+
+@torch.no_grad()
 def training_noise(autoencoder: Autoencoder, transform: LatentTransform, images: torch.Tensor) -> float:
     """The RMS noise, in the DiT's coordinates, of the latents the decoder was trained on: a KL autoencoder's
     decoder sees posterior samples mean + std·ε; an SVG autoencoder's sees the encoder's latent itself (0)."""
@@ -156,11 +164,8 @@ def measure_decoder_noise(arm: str, args, results: Results, fid, real: RealLaten
             continue
         started = time.perf_counter()
         noisy = x + level * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            images = np.concatenate([to_uint8(autoencoder.decode(transform.decode(noisy[i : i + BATCH])).clamp(-1, 1))
-                                     for i in range(0, len(noisy), BATCH)])
-        rfid = frechet_distance(fid.reference, fid_stats(images, fid.inception, progress=True))
-        results.put({"rfid": rfid, "images": len(images), "wall_s": time.perf_counter() - started},
+        rfid = decoded_fid(autoencoder, transform.decode(noisy), fid)
+        results.put({"rfid": rfid, "images": len(noisy), "wall_s": time.perf_counter() - started},
                     "diagnosis", "decoder_noise", arm, key)
         log(f"{arm}: rFID with noise {key} in its DiT's coordinates: {rfid:.1f}")
 
@@ -210,11 +215,7 @@ def measure_other_decoder(arm: str, folder: str, args, results: Results, fid, re
     sampling = arm_config("SVG", args.out, 1).sampling
     result = fid(pipe, sampling.num_steps, sampling.guidance.scale)
     transform = pipe.latent_transform
-    with torch.no_grad():
-        through = transform.decode(transform.encode(real.of(arm, own)))
-        images = np.concatenate([to_uint8(other.decode(through[i : i + BATCH]).clamp(-1, 1))
-                                 for i in range(0, len(through), BATCH)])
-    rfid = frechet_distance(fid.reference, fid_stats(images, fid.inception, progress=True))
+    rfid = decoded_fid(other, transform.decode(transform.encode(real.of(arm, own))), fid)
     results.put({**result, "rfid_through_transform": rfid, "checkpoint": shown(checkpoint)},
                 "diagnosis", "other_decoder", arm, shown(folder), str(step))
     log(f"{arm} step {step} decoded by {shown(folder)}: FID {result['fid']:.2f}, rFID through its transform {rfid:.1f}")

@@ -206,7 +206,10 @@ def checkpoint_at(arm: str, step: int, args, results: Results, train: bool = Tru
             raise SystemExit(f"{arm}: training stopped before step {step}; run the script again to continue")
         results.put(time.perf_counter() - started, "wall_s", "dit_training", arm, str(step))
     kept.parent.mkdir(exist_ok=True)
-    os.link(own, kept)
+    try:
+        os.link(own, kept)
+    except FileExistsError:  # another process of the script (one per core) kept it first
+        pass
     return kept
 
 
