@@ -37,7 +37,7 @@ from svg_diffusion.diffusion.flow import flow_matching_loss
 from svg_diffusion.diffusion.latent_transform import LatentTransform
 from svg_diffusion.errors import SVGError
 from svg_diffusion.evaluation import fid_stats
-from svg_diffusion.evaluation.diagnose import NOISE_LEVELS
+from svg_diffusion.evaluation.diagnose import NOISE_LEVELS, batched
 from svg_diffusion.evaluation.fid import FeatureStats, frechet_distance
 from svg_diffusion.export import same_latent
 from svg_diffusion.pipeline import SVGPipeline
@@ -63,9 +63,7 @@ class RealLatents:
 
     def of(self, arm: str, autoencoder: Autoencoder) -> torch.Tensor:
         if arm not in self._latents:
-            with torch.no_grad():
-                self._latents[arm] = torch.cat([autoencoder.encode(self.images[i : i + BATCH]).float()
-                                                for i in range(0, len(self.images), BATCH)])
+            self._latents[arm] = batched(lambda x: autoencoder.encode(x).float(), self.images, BATCH)
         return self._latents[arm]
 
 
@@ -74,34 +72,31 @@ def position_vectors(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).double().numpy()
 
 
-def global_vectors(x: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
-    """[N, k, h, w] -> [N, GLOBAL_DIRECTIONS] float64: each whole latent on the top principal directions of the
-    flattened ``reference`` latents (what varies between images: layout, shape, class), so that latents of 256
-    or 1024 numbers compare in one dimension."""
+def global_projection(reference: torch.Tensor):
+    """[N, k, h, w] latents -> [N, GLOBAL_DIRECTIONS] float64: each whole latent on the top principal directions
+    of the flattened ``reference`` latents (what varies between images: layout, shape, class), so that latents
+    of 256 or 1024 numbers compare in one dimension."""
     flat = reference.flatten(1).double().numpy()
     mean = flat.mean(0)
     _, vectors = np.linalg.eigh(np.cov(flat, rowvar=False))
-    return (x.flatten(1).double().numpy() - mean) @ vectors[:, ::-1][:, :GLOBAL_DIRECTIONS]
-
-
-def relative_frechet(reference: np.ndarray, other: np.ndarray) -> float:
-    """Fréchet distance of vectors ``other`` to ``reference`` over the trace of the reference's covariance
-    (scale-free, so coordinates of any number compare)."""
-    stats = FeatureStats.from_features(reference)
-    return frechet_distance(stats, FeatureStats.from_features(other)) / float(np.trace(stats.sigma))
+    top = vectors[:, ::-1][:, :GLOBAL_DIRECTIONS]
+    return lambda x: (x.flatten(1).double().numpy() - mean) @ top
 
 
 def latent_distances(x_real: torch.Tensor, x_generated: torch.Tensor) -> dict[str, float]:
-    """Relative Fréchet distances, per position and global, of generated latents to the second half of the real
-    ones, and of the first half of the real ones to it (the floor): equal counts on both sides, so the two
-    carry the same estimation bias."""
+    """Fréchet distances, per position and global, of generated latents to the second half of the real ones, and
+    of the first half of the real ones to it (the floor), each over the trace of the reference's covariance
+    (scale-free, so coordinates of any number compare): equal counts on both sides, so the two carry the same
+    estimation bias."""
     half = len(x_real) // 2
     reference, real, generated = x_real[half:], x_real[:half], x_generated[:half]
-    return {"position": relative_frechet(position_vectors(reference), position_vectors(generated)),
-            "position_real_halves": relative_frechet(position_vectors(reference), position_vectors(real)),
-            "global": relative_frechet(global_vectors(reference, reference), global_vectors(generated, reference)),
-            "global_real_halves": relative_frechet(global_vectors(reference, reference),
-                                                   global_vectors(real, reference))}
+    distances = {}
+    for name, vectors in (("position", position_vectors), ("global", global_projection(reference))):
+        stats = FeatureStats.from_features(vectors(reference))
+        scale = float(np.trace(stats.sigma))
+        distances[name] = frechet_distance(stats, FeatureStats.from_features(vectors(generated))) / scale
+        distances[f"{name}_real_halves"] = frechet_distance(stats, FeatureStats.from_features(vectors(real))) / scale
+    return distances
 
 
 @torch.no_grad()
@@ -131,11 +126,9 @@ def generated_latents(pipe: SVGPipeline, samples: int, num_steps: int, guidance_
                       for i in range(0, samples, BATCH)])
 
 
-@torch.no_grad()
 def decoded_fid(autoencoder: Autoencoder, latents: torch.Tensor, fid) -> float:
     """FID of the images ``autoencoder`` decodes from ``latents`` against the FID stage's reference."""
-    images = np.concatenate([to_uint8(autoencoder.decode(latents[i : i + BATCH]).clamp(-1, 1))
-                             for i in range(0, len(latents), BATCH)])
+    images = to_uint8(batched(lambda z: autoencoder.decode(z).clamp(-1, 1), latents, BATCH))
     return frechet_distance(fid.reference, fid_stats(images, fid.inception, progress=True))
 
 
@@ -145,8 +138,7 @@ def training_noise(autoencoder: Autoencoder, transform: LatentTransform, images:
     decoder sees posterior samples mean + std·ε; an SVG autoencoder's sees the encoder's latent itself (0)."""
     if not isinstance(autoencoder, KLAutoencoder):
         return 0.0
-    mean, logvar = torch.cat([torch.cat(autoencoder.posterior(images[i : i + BATCH]), 1)
-                              for i in range(0, len(images), BATCH)]).chunk(2, dim=1)
+    mean, logvar = batched(lambda x: torch.cat(autoencoder.posterior(x), 1), images, BATCH).chunk(2, dim=1)
     sampled = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
     return float((transform.encode(sampled) - transform.encode(mean)).square().mean().sqrt())
 

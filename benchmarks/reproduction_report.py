@@ -237,7 +237,7 @@ def clean_rfid(results: Results, arm: str) -> str:
     """The arm's rFID through its DiT's transform (the reconstruction stage's row; the latent's own row when
     the transform is invertible)."""
     row = results.get("reconstruction", f"{arm} through its DiT's transform") or results.get("reconstruction", arm)
-    return "not measured" if row is None else f"{row['rfid']:.1f}"
+    return fid_cell(row, "rfid")
 
 
 def diagnosis_tables(results: Results) -> list[str]:

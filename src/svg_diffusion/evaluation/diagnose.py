@@ -52,7 +52,8 @@ SPECTRUM_FILE = "spectrum.png"
 
 
 @torch.no_grad()
-def _batched(fn, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batched(fn, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``fn`` applied to ``tensor`` in slices of ``batch_size`` rows (without gradients), concatenated."""
     return torch.cat([fn(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)])
 
 
@@ -124,16 +125,16 @@ def diagnose(pipeline: SVGPipeline, real, *, limit: int = 2000, num_samples: int
     inception = InceptionFeatures().to(device)
 
     def inception_stats(images: torch.Tensor) -> tuple[torch.Tensor, FeatureStats]:
-        features = _batched(lambda x: inception(x.to(device)).double().cpu(), images, batch_size)
+        features = batched(lambda x: inception(x.to(device)).double().cpu(), images, batch_size)
         return features, FeatureStats.from_features(features)
 
     def decoded(z: torch.Tensor) -> torch.Tensor:
-        return _batched(lambda b: autoencoder.decode(b.to(device)).clamp(-1, 1).cpu(), z, batch_size)
+        return batched(lambda b: autoencoder.decode(b.to(device)).clamp(-1, 1).cpu(), z, batch_size)
 
     # Real images: their latents and Inception statistics (cached for named sources, like `evaluate`).
     images = torch.cat([batch for batch, _ in tqdm(DataLoader(dataset, batch_size=batch_size), desc="encoding",
                                                    disable=quiet)])
-    z_real = _batched(lambda x: autoencoder.encode(x.to(device)).float().cpu(), images, batch_size)
+    z_real = batched(lambda x: autoencoder.encode(x.to(device)).float().cpu(), images, batch_size)
     real_features, real_stats = features_and_stats(real, inception, image_size=image_size, limit=limit,
                                                    batch_size=batch_size, device=device, progress=progress)
 
